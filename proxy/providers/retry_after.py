@@ -65,7 +65,9 @@ def _parse_rfc3339(value: str, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def parse_retry_after(headers: Mapping[str, str], *, status: int | None = None, now: float | None = None) -> float | None:
+def parse_retry_after(
+    headers: Mapping[str, str], *, status: int | None = None, now: float | None = None
+) -> float | None:
     """Seconds to wait before retrying, from `headers` (keys compared case-insensitively), or None."""
     lowered = {k.lower(): v for k, v in headers.items()} if not _is_lowercase(headers) else headers
     now = time.time() if now is None else now
