@@ -1,0 +1,198 @@
+"""Load a config file: read -> YAML with positions -> `${VAR}` interpolation -> JSON Schema -> semantic checks
+-> frozen `Config`.
+
+Every layer runs and every problem is collected, so one run reports all of them, each as
+`file:line:col: path: message`. Bad input of any kind (unreadable, binary, huge, a YAML bomb) becomes a
+`ConfigIssue`, never a traceback.
+
+    config = load_config("config/proxy.yaml")          # raises ConfigError listing every problem
+    issues = check_config_file("config/proxy.yaml")    # [] when valid
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy.config.build import build_config
+from proxy.config.interpolate import coerce, interpolate
+from proxy.config.model import Config
+from proxy.config.schema_check import schema_issues
+from proxy.config.semantic import semantic_problems
+from proxy.config.suggest import format_path
+from proxy.config.yaml_source import YamlDocument, parse_yaml
+from proxy.errors import ConfigError, ConfigIssue
+from proxy.resources import default_config_path
+
+MAX_CONFIG_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    config: Config | None
+    issues: tuple[ConfigIssue, ...]
+
+
+def _issue_at(file: str, doc: YamlDocument, path: tuple, message: str, layer: str, *, at_key: bool = False):
+    line, column = doc.position(path, key=at_key)
+    return ConfigIssue(file, line, column, format_path(path), message, layer)
+
+
+def read_config_bytes(path: Path) -> tuple[str | None, list[ConfigIssue]]:
+    """The file's text, or the reason it cannot be used as a config file."""
+    file = str(path)
+    try:
+        if path.is_dir():
+            return None, [ConfigIssue(file, None, None, "", "is a directory, not a config file", "io")]
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            return None, [
+                ConfigIssue(
+                    file,
+                    None,
+                    None,
+                    "",
+                    f"the file is {size / 1e6:.1f} MB; a config file may be "
+                    f"at most {MAX_CONFIG_BYTES // (1024 * 1024)} MiB",
+                    "io",
+                )
+            ]
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, [ConfigIssue(file, None, None, "", "no such file", "io")]
+    except PermissionError:
+        return None, [ConfigIssue(file, None, None, "", "cannot read the file: permission denied", "io")]
+    except OSError as exc:
+        return None, [ConfigIssue(file, None, None, "", f"cannot read the file: {exc.strerror or exc}", "io")]
+    try:
+        return raw.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, [ConfigIssue(file, line, column, "", "the file is not UTF-8 text (is it a binary file?)", "io")]
+
+
+def _guarded(check: Callable[[], list], fallback: list) -> list:
+    # Semantic checks run even when the schema found problems, so one run reports everything; on data the schema
+    # already rejected they may meet a wrong shape, which the schema issue explains.
+    try:
+        return check()
+    except (TypeError, AttributeError, KeyError, IndexError):
+        return fallback
+
+
+def _version_hash(text: str, config: Config) -> str:
+    digest = hashlib.sha256(text.encode("utf-8"))
+    for template in config.templates.values():
+        if template.file is not None:
+            # Checked moments ago; a race with an editor is reported on the next reload.
+            with contextlib.suppress(OSError):
+                digest.update(template.file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def check_config_text(
+    text: str, *, file: str = "<config>", base_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> LoadResult:
+    """Run every layer on `text`. `base_dir` is where relative paths (template_dir) start."""
+    env = os.environ if env is None else env
+    doc, issues = parse_yaml(text, file)
+    if doc is None:
+        return LoadResult(None, tuple(issues))
+    if not isinstance(doc.data, dict):
+        kind = "a list" if isinstance(doc.data, list) else "a single value"
+        issues.append(
+            ConfigIssue(
+                file,
+                1,
+                1,
+                "",
+                f"the top level must be a mapping (`version: 1`, `providers:`, `models:`), not {kind}",
+                "yaml",
+            )
+        )
+        return LoadResult(None, tuple(issues))
+
+    expanded = interpolate(doc.data, env)
+    data: dict[str, Any] = expanded.data
+    disabled: dict[str, list[str]] = {}
+    for path, message in expanded.malformed.items():
+        issues.append(_issue_at(file, doc, path, message, "env"))
+    for path, names in expanded.unset.items():
+        if len(path) >= 2 and path[0] == "providers":
+            disabled.setdefault(str(path[1]), []).extend(names)
+            continue
+        for name in names:
+            issues.append(
+                _issue_at(
+                    file,
+                    doc,
+                    path,
+                    f"environment variable `{name}` is not set; set it or write `${{{name}:-default}}`",
+                    "env",
+                )
+            )
+
+    unset_paths = set(expanded.unset)
+    for problem in schema_issues(data, plain_scalars=doc.plain_scalars, whole_references=expanded.whole, coerce=coerce):
+        if problem.path in unset_paths:
+            continue  # an empty value from an unset variable: already reported or the provider is disabled
+        issues.append(_issue_at(file, doc, problem.path, problem.message, "schema", at_key=problem.at_key))
+
+    template_dir = None
+    if base_dir is not None:
+        template_dir = (base_dir / str(data.get("template_dir", "templates"))).resolve()
+    for path, message, at_key in _guarded(lambda: semantic_problems(data, template_dir=template_dir), []):
+        issues.append(_issue_at(file, doc, path, message, "semantic", at_key=at_key))
+
+    if issues:
+        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+        return LoadResult(None, tuple(issues))
+    reasons = {
+        name: "environment variable"
+        + ("s " if len(set(names)) > 1 else " ")
+        + ", ".join(f"`{n}`" for n in dict.fromkeys(names))
+        + (" are" if len(set(names)) > 1 else " is")
+        + " not set"
+        for name, names in disabled.items()
+    }
+    config = build_config(
+        data, path=Path(file) if base_dir else None, version_hash="", template_dir=template_dir, disabled=reasons
+    )
+    return LoadResult(dataclasses.replace(config, version_hash=_version_hash(text, config)), ())
+
+
+def check_config_file(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> LoadResult:
+    """Read and check a config file (the embedded default when `path` is None)."""
+    resolved = Path(path) if path is not None else default_config_path()
+    text, issues = read_config_bytes(resolved)
+    if text is None:
+        return LoadResult(None, tuple(issues))
+    return check_config_text(
+        text, file=str(path if path is not None else resolved), base_dir=resolved.resolve().parent, env=env
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """The typed config from `path` (the embedded default when None); raises ConfigError with every problem."""
+    result = check_config_file(path, env=env)
+    if result.config is None:
+        raise ConfigError(result.issues)
+    return result.config
+
+
+def load_config_text(
+    text: str, *, file: str = "<config>", base_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    result = check_config_text(text, file=file, base_dir=base_dir, env=env)
+    if result.config is None:
+        raise ConfigError(result.issues)
+    return result.config
