@@ -157,7 +157,7 @@ class UpstreamStream:
         self.headers: Mapping[str, str] = response.headers
 
     def _error(self, exc: BaseException, stage: Stage, first_byte_expired: bool = False) -> UpstreamError:
-        return self._transport.map_error(exc, url=self._url, stage=stage, first_byte_expired=first_byte_expired)
+        return self._transport._map_error(exc, url=self._url, stage=stage, first_byte_expired=first_byte_expired)
 
     async def read(self) -> bytes:
         """The rest of the body, whole (for error replies)."""
@@ -204,7 +204,7 @@ class _StreamContext:
 
     async def __aenter__(self) -> UpstreamStream:
         deadline_at = asyncio.get_running_loop().time() + self._transport.timeout.first_token
-        self._response = await self._transport.open(self._call, deadline_at)
+        self._response = await self._transport._open_response(self._call, deadline_at)
         return UpstreamStream(self._transport, self._response, self._call.url, deadline_at)
 
     async def __aexit__(
@@ -220,7 +220,10 @@ class _StreamContext:
 
 
 class Transport:
-    """One provider's HTTP client: a pooled aiohttp session, timeouts, and error translation."""
+    """One provider's HTTP client: a pooled aiohttp session, timeouts, and error translation.
+
+    The session is created on first use and bound to that event loop; `aclose()` it from the same loop.
+    """
 
     def __init__(self, provider: str, timeout: TimeoutConfig, max_connections: int = 100) -> None:
         self.provider = provider
@@ -234,6 +237,10 @@ class Transport:
             sock_connect=timeout.connect,
             sock_read=timeout.first_token,
         )
+
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
 
     def _open_session(self) -> aiohttp.ClientSession:
         """The session, created on first use inside the running loop (aiohttp binds it to that loop)."""
@@ -251,7 +258,7 @@ class Transport:
             self._session = session
         return session
 
-    def map_error(
+    def _map_error(
         self, exc: BaseException, *, url: str, stage: Stage, first_byte_expired: bool = False
     ) -> UpstreamError:
         return map_transport_error(
@@ -263,7 +270,7 @@ class Transport:
             first_byte_expired=first_byte_expired,
         )
 
-    async def open(self, call: HttpCall, first_byte_deadline: float) -> aiohttp.ClientResponse:
+    async def _open_response(self, call: HttpCall, first_byte_deadline: float) -> aiohttp.ClientResponse:
         """Send `call` and wait for the reply's head (not its body). Used by `send` and `stream`.
 
         Redirects are not followed: an API that redirects is misconfigured, and following one could carry the
@@ -277,18 +284,18 @@ class Transport:
                     call.method, call.url, data=call.body, headers=call.headers, allow_redirects=False
                 )
         except _TRANSPORT_ERRORS as exc:
-            raise self.map_error(exc, url=call.url, stage="request", first_byte_expired=deadline.expired()) from exc
+            raise self._map_error(exc, url=call.url, stage="request", first_byte_expired=deadline.expired()) from exc
 
     async def send(self, call: HttpCall) -> RawReply:
         """Send `call` and read the whole reply, whatever its status."""
         deadline_at = asyncio.get_running_loop().time() + self.timeout.first_token
-        response = await self.open(call, deadline_at)
+        response = await self._open_response(call, deadline_at)
         complete = False
         try:
             body = await response.read()
             complete = True
         except _TRANSPORT_ERRORS as exc:
-            raise self.map_error(exc, url=call.url, stage="body") from exc
+            raise self._map_error(exc, url=call.url, stage="body") from exc
         finally:
             if complete:
                 response.release()
