@@ -8,10 +8,11 @@ a 429, where they say when capacity returns. All return seconds (float >= 0) or 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
@@ -47,11 +48,13 @@ def _parse_seconds_or_date(value: str, now: float) -> float | None:
     except ValueError:
         pass
     else:
-        return seconds if seconds >= 0 and seconds == seconds else None
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # `-0000` ("zone unknown"): HTTP dates are GMT, not local time
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
 
 
@@ -77,7 +80,7 @@ def parse_retry_after(
             value = float(ms) / 1000.0
         except ValueError:
             value = -1.0
-        if value >= 0:
+        if math.isfinite(value) and value >= 0:
             return value
     ra = lowered.get("retry-after")
     if ra is not None:

@@ -35,6 +35,8 @@ class SseDecoder:
         return bool(self._buffer or self._data or self._event is not None)
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
+        if not chunk:
+            return []  # an empty read must not end a pending `\r` (its `\n` may still come)
         if self._pending_cr:
             # The previous chunk ended in `\r`; a `\n` here belongs to that line ending.
             if chunk.startswith(b"\n"):
@@ -44,9 +46,13 @@ class SseDecoder:
         events: list[SseEvent] = []
         start = 0
         length = len(buffer)
+        nl = cr = -2  # -2: not searched yet; -1: none left in the buffer
         while start < length:
-            nl = buffer.find(b"\n", start)
-            cr = buffer.find(b"\r", start)
+            # Search again only past a consumed position, so a chunk of many lines stays linear.
+            if nl != -1 and nl < start:
+                nl = buffer.find(b"\n", start)
+            if cr != -1 and cr < start:
+                cr = buffer.find(b"\r", start)
             if nl == -1 and cr == -1:
                 break
             if cr == -1 or (nl != -1 and nl < cr):
