@@ -533,9 +533,13 @@ def error_info(payload: object) -> ErrorInfo:
     if isinstance(error, str):
         return ErrorInfo(_clip(error), _str_or_none(payload.get("type")), _code_text(payload.get("code")))
     source = error if isinstance(error, dict) else payload
-    message = source.get("message", source.get("detail", ""))
-    if not isinstance(message, str):
-        message = json.dumps(message, ensure_ascii=False)
+    message = source.get("message")
+    if message is None:
+        message = source.get("detail")
+    if message is None:
+        message = ""
+    elif not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False)  # e.g. a list of validation problems
     code = source.get("code")
     status_hint = code if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599 else None
     return ErrorInfo(_clip(message), _str_or_none(source.get("type")), _code_text(code), status_hint)
