@@ -25,11 +25,11 @@ providers:
     class: custom_provider:ReverseProvider
     options: {uppercase: true, words_per_chunk: 2}
 models:
-  backwards:
+  default:
     targets: [{provider: reverser, model: reverse-1}]
 ```
 
-`PYTHONPATH=examples llm-proxy complete --model backwards "hello world"` prints `DLROW OLLEH`.
+Then `PYTHONPATH=examples llm-proxy complete "hello world"` answers `DLROW OLLEH`.
 """
 
 from __future__ import annotations
