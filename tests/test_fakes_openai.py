@@ -310,7 +310,8 @@ async def test_cut_stream_sends_exactly_n_events_then_drops_the_connection(opena
 
 
 async def test_crlf_and_keepalive_variants_parse_in_sdk(openai_fake: OpenAIFake) -> None:
-    openai_fake.script(openai_text("x", "y", crlf=True, keepalive=True), openai_text("x", "y", crlf=True))
+    reply = openai_text("x", "y", crlf=True, keepalive=True)
+    openai_fake.script(reply, reply)
     _, _, raw = await post_raw(openai_fake, {"model": "m", "messages": MESSAGES, "stream": True})
     assert raw.startswith(b": keep-alive\r\n\r\ndata: {")
     assert raw.endswith(b"data: [DONE]\r\n\r\n")
