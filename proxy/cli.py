@@ -1,7 +1,8 @@
 """The `llm-proxy` command line (also `python -m proxy`).
 
     llm-proxy validate [PATH ...] [--format text|json]   exit 0 valid, 1 invalid
-    llm-proxy schema                                     print the config JSON Schema
+    llm-proxy schema [--format json|markdown]            print the config JSON Schema / reference
+    llm-proxy complete [--model NAME] [--stream] [--system TEXT] PROMPT
     llm-proxy --version
 
 The config comes from `--config PATH` (accepted before or after the subcommand), else `$LLM_PROXY_CONFIG`,
@@ -48,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="*", metavar="PATH", help="files to check (default: the config in use)")
     validate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
-    schema = commands.add_parser("schema", help="print the config JSON Schema")
+    schema = commands.add_parser("schema", help="print the config JSON Schema (or its Markdown reference)")
     _config_option(schema, top=False)
+    schema.add_argument("--format", choices=("json", "markdown"), default="json", help="output format")
+    from proxy.cli_complete import add_parser as add_complete
+
+    add_complete(commands, _config_option)
     return parser
 
 
@@ -106,14 +111,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(schema_text())
+    if args.format == "markdown":
+        from proxy.config.reference import markdown_reference
+
+        sys.stdout.write(markdown_reference())
+    else:
+        sys.stdout.write(schema_text())
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"validate": cmd_validate, "schema": cmd_schema}
+    from proxy.cli_complete import cmd_complete
+
+    handlers = {
+        "validate": cmd_validate,
+        "schema": cmd_schema,
+        "complete": lambda a: cmd_complete(a, config_path(a)),
+    }
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -11,6 +11,7 @@ ProxyError(message)                              status_code, retryable
 │   ├── UnknownModel(name, known)                the model name is not in the config
 │   └── TemplateError(template)                  a template failed to render
 ├── RateLimited(retry_after)                     429: our own bucket is empty
+├── ProviderUnavailable(provider, reason)        503: the target's provider is disabled (or its breaker is open)
 ├── UpstreamError(provider, status, ...)         a provider failed; `kind` says how (table-driven policy)
 │   ├── UpstreamConnectError                     kind=connect         retryable
 │   ├── UpstreamTimeout(phase)                   kind=timeout         retryable (phase: connect|first_token|total)
@@ -134,6 +135,17 @@ class RateLimited(ProxyError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProxyError):
+    """A target was skipped without a call: its provider is disabled (e.g. its key variable is unset)."""
+
+    status_code = 503
+
+    def __init__(self, provider: str, reason: str) -> None:
+        super().__init__(f"provider `{provider}` is unavailable: {reason}")
+        self.provider = provider
+        self.reason = reason
 
 
 # --- upstream providers ---------------------------------------------------------------------------------

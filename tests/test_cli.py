@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,46 @@ def test_console_script_and_module_entry_points(tmp_path):
         env={"PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent)},
     )
     assert elsewhere.returncode == 0, elsewhere.stderr
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLM_PROXY_CONFIG")}
+    return {**keep, **extra}
+
+
+def test_complete_demo_on_the_embedded_default_from_any_directory(tmp_path):
+    run = subprocess.run(
+        ["llm-proxy", "complete", "--model", "demo", "hello"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_clean_env(),
+    )
+    assert run.returncode == 0, run.stderr
+    assert "demo" in run.stdout and "mock" in run.stdout
+
+
+def test_complete_default_without_keys_names_the_unset_variables(tmp_path):
+    run = subprocess.run(
+        ["llm-proxy", "complete", "hello"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_clean_env(OLLAMA_BASE_URL="http://127.0.0.1:9/v1"),
+    )
+    assert run.returncode == 1
+    assert "`OPENAI_API_KEY` is not set" in run.stderr and "`ANTHROPIC_API_KEY` is not set" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_complete_stream_and_json(capsys):
+    assert main(["--config", "examples/offline.yaml", "complete", "--model", "echo", "--stream", "a b c"]) == 0
+    assert capsys.readouterr().out == "a b c\n"
+    assert main(["--config", "examples/offline.yaml", "complete", "--model", "echo", "--json", "a b c"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] == "a b c" and result["provider"] == "echo" and result["usage"]["output_tokens"] > 0
+
+
+def test_complete_unknown_model(capsys):
+    assert main(["complete", "--model", "nope", "hi"]) == 1
+    assert "unknown model `nope`; known models: `default`, `demo`" in capsys.readouterr().err
