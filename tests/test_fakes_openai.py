@@ -292,8 +292,11 @@ async def test_cut_stream_raises_in_sdk(openai_fake: OpenAIFake) -> None:
     assert openai_fake.requests[0].outcome == "cut"
 
 
-async def test_cut_stream_sends_exactly_n_events_then_drops_the_connection(openai_fake: OpenAIFake) -> None:
-    openai_fake.script(openai_text("a", "b", "c", cut_after=2))
+@pytest.mark.parametrize(("cut_after", "events_seen"), [(2, 2), (99, 6)])
+async def test_cut_stream_sends_exactly_n_events_then_drops_the_connection(
+    openai_fake: OpenAIFake, cut_after: int, events_seen: int
+) -> None:
+    openai_fake.script(openai_text("a", "b", "c", cut_after=cut_after))
     received = b""
     async with (
         aiohttp.ClientSession() as session,
@@ -306,7 +309,7 @@ async def test_cut_stream_sends_exactly_n_events_then_drops_the_connection(opena
         with pytest.raises(aiohttp.ClientPayloadError):
             async for piece in response.content.iter_any():
                 received += piece
-    assert len(data_lines(received)) == 2
+    assert len(data_lines(received)) == events_seen  # 99: everything incl. [DONE], but the body never ends
 
 
 async def test_crlf_and_keepalive_variants_parse_in_sdk(openai_fake: OpenAIFake) -> None:

@@ -96,7 +96,7 @@ class ModelReply:
     delay_body: float = 0.0  # also before the first SSE event
     # Stream-only faults (ignored when the request does not stream):
     chunk_delay: float = 0.0  # seconds between SSE events
-    cut_after: int | None = None  # send this many events, then abort the TCP connection mid chunked body
+    cut_after: int | None = None  # send this many events (all if fewer), then abort the TCP connection mid body
     malformed_at: int | None = None  # insert a `data: {not json` event before event N
     keepalive: bool = False  # a `: keep-alive` comment line before every event
     crlf: bool = False  # `\r\n` line endings instead of `\n`

@@ -153,7 +153,7 @@ async def send_wire(request: web.BaseRequest, record: RecordedRequest, wire: Wir
                 if index and wire.chunk_delay:
                     await asyncio.sleep(wire.chunk_delay)
                 await response.write(frame)
-            if wire.cut_after is not None and wire.cut_after <= len(wire.frames):
+            if wire.cut_after is not None:  # past the last frame: everything is sent but the body never ends
                 record.outcome = "cut"
                 await _abort_connection(request)
                 return response
