@@ -2,7 +2,7 @@
 
 `proxy.config.load` builds these from a validated YAML document; nothing else constructs them from user input.
 Durations are seconds (float). Secrets are `Secret` objects whose `repr`/`str` never show the value.
-Imports nothing from `proxy` but `proxy.errors`-free leaf types.
+Imports nothing from `proxy`: every layer may depend on these objects.
 """
 
 from __future__ import annotations
