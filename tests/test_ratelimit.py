@@ -173,6 +173,8 @@ async def test_wait_longer_than_max_wait_is_refused_at_once_with_retry_after(clo
     assert "openai/gpt-4o" in refused.value.message and "requests/min" in refused.value.message
     assert "tokens/min" not in refused.value.message
     assert clock.now == T0 and clock.sleeps == []  # refused without waiting
+    with pytest.raises(RateLimited):
+        await limiter.acquire(1, max_wait=-1)  # a negative bound means "do not wait"
     # nothing was reserved by the refusal: the next slot is still 1 s away
     lease = await limiter.acquire(1, max_wait=1.0)
     assert clock.now - T0 == pytest.approx(1.0)
@@ -201,6 +203,12 @@ async def test_token_estimate_is_topped_up_by_higher_actual_usage(clock):
         await limiter.acquire(400)
     assert "tokens/min" in refused.value.message
     assert refused.value.retry_after == pytest.approx(300 / (1_000 / 60))
+
+
+async def test_negative_max_wait_still_admits_when_tokens_are_there(clock):
+    limiter = make(clock, requests_per_minute=60)
+    await limiter.acquire(1, max_wait=-1)
+    assert (await limiter.headroom())["requests_available"] == 59
 
 
 async def test_release_without_usage_keeps_the_estimate(clock):

@@ -242,7 +242,8 @@ class Limiter:
 
     async def acquire(self, tokens: int, *, max_wait: float | None = None) -> Lease:
         """Admit one call charging `tokens` (the estimate), waiting up to `max_wait` (default: the config's)."""
-        budget = self.max_wait if max_wait is None else max_wait
+        budget = max(0.0, self.max_wait if max_wait is None else max_wait)
+        tokens = max(0, tokens)
         start = self._clock()
         wait = self._reserve(tokens, start, budget)
         admitted = False
@@ -258,7 +259,7 @@ class Limiter:
                 remaining = start + budget - self._clock()
                 if not await self._slots.acquire(remaining):
                     raise RateLimited(
-                        f"rate limit of `{self.scope}`: concurrency exhausted ({self._slots.limit} calls in flight), "
+                        f"rate limit of `{self.scope}`: concurrency exhausted (limit {self._slots.limit} in flight); "
                         f"no slot freed within max_wait {budget:g}s",
                         retry_after=CONCURRENCY_RETRY_AFTER,
                     )
@@ -344,7 +345,8 @@ class _ChainLease(Lease):
 class LimiterChain:
     """Several limiters that must all admit a call (a provider's and its target's), in a fixed order.
 
-    The wait budget is shared: each limiter gets what the earlier ones left of it. If one refuses, the leases
+    The wait budget is shared: each limiter gets what the earlier ones left of it (default: the smallest
+    `max_wait` of the limiters). If one refuses, the leases
     already taken are abandoned (refunded) before `RateLimited` propagates. Scopes without limits are skipped.
     """
 
