@@ -852,8 +852,18 @@ def test_empty_stream_is_interrupted() -> None:
 
 def test_malformed_stream_json_raises_protocol_error() -> None:
     decoder = codec().stream_decoder()
+    # The chunks decoded before the bad event come first; the error follows on the next call.
+    chunks = decoder.feed(sse("malformed"))
+    assert chunks and not decoder.done
     with pytest.raises(UpstreamProtocolError, match="invalid JSON in a `content_block_delta` event"):
-        decoder.feed(sse("malformed"))
+        decoder.close()
+
+
+def test_malformed_stream_json_alone_raises_at_once() -> None:
+    decoder = codec().stream_decoder()
+    bad = b'event: content_block_delta\ndata: {"type":"content_block_delta",\n\n'
+    with pytest.raises(UpstreamProtocolError, match="invalid JSON in a `content_block_delta` event"):
+        decoder.feed(bad)
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,7 @@ class AnthropicStreamDecoder:
     __slots__ = (
         "_done",
         "_partial_text",
+        "_pending_error",
         "_provider",
         "_secret",
         "_sse",
@@ -190,22 +191,38 @@ class AnthropicStreamDecoder:
         self._tool_ordinals: dict[object, int] = {}  # Anthropic block index -> ordinal among tool_use blocks
         self._tool_args_seen: set[int] = set()  # ordinals that received a non-empty input_json_delta
         self._usage: dict[str, Any] = {}  # latest raw Anthropic counters (message_start, then message_delta)
+        # An error met after other chunks in the same feed() is raised on the next feed()/close(), so the text
+        # the upstream sent before failing still reaches the caller (as the OpenAI decoder does).
+        self._pending_error: UpstreamError | None = None
 
     @property
     def done(self) -> bool:
         return self._done
 
+    def _raise_pending(self) -> None:
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
+
     def feed(self, data: bytes) -> list[StreamChunk]:
+        self._raise_pending()
         chunks: list[StreamChunk] = []
         for event in self._sse.feed(data):
             if self._done:
                 break
-            chunk = self._event(event)
+            try:
+                chunk = self._event(event)
+            except UpstreamError as exc:
+                if not chunks:
+                    raise
+                self._pending_error = exc
+                break
             if chunk is not None:
                 chunks.append(chunk)
         return chunks
 
     def close(self) -> list[StreamChunk]:
+        self._raise_pending()
         if self._done:
             return []
         raise StreamInterrupted(
