@@ -183,3 +183,19 @@ def test_error_inside_stream_uses_the_integer_code_as_status(codec: OpenAICompat
     assert outcome["error"]["class"] == "UpstreamServerError"
     assert (outcome["error"]["status"], outcome["error"]["code"]) == (500, "500")
     assert "".join(c["text"] for c in outcome["chunks"]) == "The"
+
+
+def test_llamacpp_context_overflow_type_is_context_length() -> None:
+    from proxy.errors import ContextLengthExceeded
+
+    body = json.dumps(
+        {
+            "error": {
+                "code": 400,
+                "message": "the request exceeds the available context size",
+                "type": "exceed_context_size_error",
+            }
+        }
+    ).encode()
+    error = codec().decode_error(400, {}, body)
+    assert isinstance(error, ContextLengthExceeded) and error.status == 400

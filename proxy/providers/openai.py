@@ -85,6 +85,7 @@ _BAD_REQUEST_CODES: Mapping[str, type[UpstreamError]] = {
     "context_length_exceeded": ContextLengthExceeded,
     "content_filter": ContentFiltered,
     "content_policy_violation": ContentFiltered,
+    "exceed_context_size_error": ContextLengthExceeded,  # llama.cpp says it in `type`, with `code: 400`
 }
 # When the status says nothing (an error inside a 200 stream): classify by `code`, then `type`.
 _CODE_OR_TYPE_ERRORS: Mapping[str, type[UpstreamError]] = {
@@ -553,7 +554,7 @@ def classify(status: int | None, error_type: str | None, code: str | None) -> ty
     elif error_class is None and status is not None and 500 <= status < 600:
         error_class = UpstreamServerError
     if error_class is UpstreamBadRequest:
-        return _BAD_REQUEST_CODES.get(code or "", UpstreamBadRequest)
+        return _BAD_REQUEST_CODES.get(code or "") or _BAD_REQUEST_CODES.get(error_type or "", UpstreamBadRequest)
     if error_class is not None:
         return error_class
     return _CODE_OR_TYPE_ERRORS.get(code or "") or _CODE_OR_TYPE_ERRORS.get(error_type or "") or UpstreamServerError
