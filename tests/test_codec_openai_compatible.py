@@ -185,7 +185,7 @@ def test_error_inside_stream_uses_the_integer_code_as_status(codec: OpenAICompat
     assert "".join(c["text"] for c in outcome["chunks"]) == "The"
 
 
-def test_llamacpp_context_overflow_type_is_context_length() -> None:
+def test_llamacpp_context_overflow_type_is_context_length(codec: OpenAICompatibleCodec) -> None:
     from proxy.errors import ContextLengthExceeded
 
     body = json.dumps(
@@ -197,5 +197,5 @@ def test_llamacpp_context_overflow_type_is_context_length() -> None:
             }
         }
     ).encode()
-    error = codec().decode_error(400, {}, body)
+    error = codec.decode_error(400, {}, body)
     assert isinstance(error, ContextLengthExceeded) and error.status == 400
