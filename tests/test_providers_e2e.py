@@ -5,7 +5,8 @@ llama.cpp; `anthropic`) and for a `type: python` custom provider.
 What is covered (the providers issue's "Done when" list):
 1. text and tool calls, whole and streamed (fragmented tool-call arguments reassemble), usage mapped;
 2. every HTTP error status through the real codec -> the right `proxy.errors` class, `kind`, status, error
-   type/code and upstream request id, and the API key never in the error's text;
+   type/code and upstream request id, and the API key never in the error's text; llama.cpp's own context-overflow
+   body is a context-length error;
 3. every retry-after form (`retry-after-ms`, `retry-after` seconds and HTTP date, OpenAI Go-duration reset
    headers, Anthropic RFC 3339 reset headers) -> `error.retry_after`;
 4. timeouts (first token, total), streams cut, ended early, carrying an error event or a malformed chunk;
@@ -478,13 +479,8 @@ async def test_error_status_maps_to_class_kind_and_fields(
         assert "***" in str(error)  # the echoed key was blanked out, not the message dropped
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenAICodec classifies a 400 by `code` only; llama.cpp's context overflow says so in `type` "
-    "(`exceed_context_size_error`, with an integer `code: 400`), so it becomes a plain UpstreamBadRequest and the "
-    "engine fails fast instead of rerouting to a larger context window",
-)
 async def test_llamacpp_context_overflow_is_context_length(make_upstream: MakeUpstream) -> None:
+    """llama.cpp says "context overflow" in `type` (with an integer `code: 400`): it must reroute, not fail fast."""
     up = await make_upstream("llamacpp")
     body = {  # llama.cpp `server-context.cpp` wording (ERROR_TYPE_EXCEED_CONTEXT_SIZE)
         "error": {
@@ -765,22 +761,13 @@ async def test_malformed_chunk_is_a_protocol_error(up: Upstream) -> None:
     assert finish_reasons(chunks) == []
 
 
-_LOSES_TEXT = pytest.mark.xfail(
-    strict=True,
-    reason="AnthropicStreamDecoder.feed() raises for an `error` event or a malformed event as soon as it decodes "
-    "it, dropping the chunks it already decoded from the same bytes (OpenAIStreamDecoder returns them first and "
-    "raises on the next call), so text the upstream sent before the failure never reaches the caller",
-)
-
-
 @pytest.mark.parametrize("fault", ["error_event", "malformed"])
-@pytest.mark.parametrize(
-    "flavour", [pytest.param(name, marks=_LOSES_TEXT if name == "anthropic" else ()) for name in FLAVOURS]
-)
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
 async def test_text_before_a_failure_in_the_same_read_is_delivered(
     make_upstream: MakeUpstream, flavour: str, fault: str
 ) -> None:
-    """The text and the failure arrive in one network read (one body written at once)."""
+    """The text and the failure arrive in one network read (one body written at once): the decoder must hand out
+    the text before raising (Anthropic once dropped it)."""
     up = await make_upstream(flavour)
     pieces = ("Alpha ", "Bravo")
     after = frames_through(up.fake, ModelReply(text=pieces), "Bravo")
