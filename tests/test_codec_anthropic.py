@@ -50,7 +50,7 @@ from proxy.types import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
-API_KEY = "sk-ant-api03-TESTKEY-not-a-real-key-0123456789"
+API_KEY = "test-anthropic-key-not-real-0123456789"
 MODEL = "claude-sonnet-4-5-20250929"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WEATHER_SCHEMA = {

@@ -62,7 +62,7 @@ from proxy.types import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "openai"
-API_KEY = "sk-proj-fixture-key-0123456789"
+API_KEY = "test-fixture-openai-key-0123456789"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 
 

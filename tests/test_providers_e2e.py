@@ -65,8 +65,8 @@ from tests.fakes import AnthropicFake, ErrorReply, FakeServer, ModelReply, OpenA
 from tests.fakes import ToolCall as FakeToolCall
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-OPENAI_KEY = "sk-e2e-openai-0123456789abcdefXYZ"
-ANTHROPIC_KEY = "sk-ant-e2e-0123456789abcdefXYZ"
+OPENAI_KEY = "test-e2e-openai-key-0123456789abcdef"
+ANTHROPIC_KEY = "test-e2e-anthropic-key-0123456789abcdef"
 COMPAT_KEY = "local-e2e-key-0123456789"  # vLLM / llama.cpp started with --api-key
 FAST_TIMEOUT = "{connect: 1s, first_token: 200ms, total: 1s}"
 HELLO = ChatRequest.from_prompt("hello", max_tokens=50)

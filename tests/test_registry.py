@@ -17,8 +17,8 @@ from proxy.providers.openai_compatible import OpenAICompatibleCodec
 from proxy.types import ChatRequest, StreamChunk
 from tests.fakes import OpenAIFake, anthropic_error, anthropic_text, html_error, openai_error, openai_text
 
-OPENAI_KEY = "sk-test-registry-0123456789abcdef"
-ANTHROPIC_KEY = "sk-ant-test-registry-0123456789"
+OPENAI_KEY = "test-registry-openai-key-0123456789"
+ANTHROPIC_KEY = "test-registry-anthropic-key-0123456789"
 HELLO = ChatRequest.from_prompt("hello", max_tokens=50)
 FAST = TimeoutConfig(connect=1, first_token=2, total=5)
 
