@@ -121,6 +121,30 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One upstream attempt of a request, for the response's history. `error_kind` is None for the one that answered.
+
+    `target` is `provider/model` (config names); `delay` the backoff slept before the next attempt."""
+
+    target: str
+    attempt: int
+    error_kind: str | None = None
+    status: int | None = None
+    message: str | None = None
+    delay: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "attempt": self.attempt,
+            "error_kind": self.error_kind,
+            "status": self.status,
+            "message": self.message,
+            "delay": self.delay,
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatResponse:
     text: str | None
@@ -133,6 +157,11 @@ class ChatResponse:
     request_id: str | None = None  # the upstream's request id header
     latency_ms: float = 0.0
     stop_sequence: str | None = None  # which stop string matched, where the provider says (Anthropic)
+    # Set by the engine:
+    route: str = ""  # the configured model name the request resolved to (e.g. `default`)
+    cached: bool = False  # served from the response cache (no upstream call was made)
+    cost: float = 0.0  # USD, from the answering provider's `pricing` (0 when unpriced or cached)
+    attempts: tuple[Attempt, ...] = ()  # every upstream attempt in order, the answering one last
 
 
 @dataclass(frozen=True, slots=True)

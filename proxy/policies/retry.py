@@ -41,6 +41,7 @@ from typing import Literal
 
 from proxy.config.model import RetryConfig
 from proxy.errors import ErrorKind, ProviderUnavailable, ProxyError, RateLimited, RequestError, UpstreamError
+from proxy.types import Attempt
 
 
 class Action(enum.StrEnum):
@@ -128,26 +129,7 @@ class Decision:
     mark_unhealthy: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    """One attempt for the response's `attempts` list. `error_kind` is None for the attempt that succeeded."""
-
-    target_label: str
-    attempt: int
-    error_kind: str | None
-    status: int | None
-    message: str | None
-    delay: float
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "target": self.target_label,
-            "attempt": self.attempt,
-            "error_kind": self.error_kind,
-            "status": self.status,
-            "message": self.message,
-            "delay": self.delay,
-        }
+AttemptRecord = Attempt  # the record kept per attempt; defined in proxy.types so responses can carry it
 
 
 class RetryPolicy:
@@ -257,7 +239,7 @@ class RetryBudget:
         if target:
             self._records.append(
                 AttemptRecord(
-                    target_label=target,
+                    target=target,
                     attempt=attempts_on_target,
                     error_kind=error_label(error),
                     status=error.status if isinstance(error, UpstreamError) else None,
