@@ -1,106 +1,385 @@
-"""The engine: takes a normalized `ChatRequest`, picks the model's plan from the current `Runtime`, and walks its
-targets until one answers.
+"""The engine: takes a normalized `ChatRequest`, serves it from the cache or walks the model's targets
+(`proxy.dispatch`), and records the outcome. Fronts (MCP, HTTP, CLI) talk only to this.
 
-Rules kept here (the engine issue adds strategies, retries, limits, breakers and the cache around them):
-- the runtime is read once per request, so a reload never changes a request midway;
-- a target whose provider is disabled is skipped with its reason; a failing target falls to the next, then to the
-  model's `fallback` model; when all fail, `AllTargetsFailed` lists every target's reason;
-- a 400-class error (the request itself is wrong) fails fast instead of falling back;
-- streams have a commit point: before the first content chunk a failure falls back invisibly; after it, the error
-  reaches the caller (never a clean end).
+    engine = Engine(Runtime.build(config))
+    response = await engine.complete(request)              # ChatResponse with route, cached, cost, attempts
+    stream = engine.stream(request)                        # async-iterate for StreamChunks; then stream.response
+
+Rules kept here:
+- the runtime is read once per request, so a reload (`swap`) never changes a request midway; the metrics and
+  the cache belong to the engine and survive swaps;
+- `defaults.max_tokens`/`temperature` fill what the request left out, before the cache key is computed;
+- cache (DESIGN.md "Cache"): looked up only for cacheable requests (`cache.when`, a model's `cache.enabled`,
+  the per-request bypass); a hit is marked `cached` and costs no attempt; concurrent identical cacheable requests
+  share one upstream call; only complete, successful answers are stored, streamed ones included once they end
+  cleanly. A cache backend that fails is logged and skipped, never failing the request;
+- streams have a commit point: until the first content chunk, failures are retried or fall back invisibly (the
+  dispatch does it); after it, a failure ends the stream with `StreamInterrupted` carrying the partial text,
+  counted as truncated, never cached and never a clean end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
-from proxy.errors import (
-    AllTargetsFailed,
-    ContextLengthExceeded,
-    ProviderUnavailable,
-    ProxyError,
-    UnknownModel,
-    UpstreamBadRequest,
+from proxy.dispatch import Admitted, Dispatch
+from proxy.errors import ProxyError, RequestError, StreamInterrupted
+from proxy.metrics import Metrics
+from proxy.policies.cache import (
+    ResponseAssembler,
+    ResponseCache,
+    build_cache,
+    cache_key,
+    is_cacheable,
+    is_storable,
+    replay_as_chunks,
 )
 from proxy.runtime import ModelPlan, PlannedTarget, Runtime
 from proxy.types import ChatRequest, ChatResponse, StreamChunk
 
+log = logging.getLogger(__name__)
 
-def _fails_fast(error: ProxyError) -> bool:
-    return isinstance(error, UpstreamBadRequest) and not isinstance(error, ContextLengthExceeded)
+
+class _LeaderCancelled(Exception):
+    """The request whose upstream call identical requests were sharing went away before an answer."""
+
+
+class _OpenStream:
+    """An upstream stream read up to its first content chunk (the commit point)."""
+
+    __slots__ = ("buffered", "finished", "iterator")
+
+    def __init__(self, iterator: AsyncIterator[StreamChunk], buffered: list[StreamChunk], finished: bool) -> None:
+        self.iterator = iterator
+        self.buffered = buffered
+        self.finished = finished
+
+    async def aclose(self) -> None:
+        close = getattr(self.iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _open_stream(target: PlannedTarget, request: ChatRequest) -> _OpenStream:
+    assert target.bound is not None
+    iterator = aiter(target.bound.stream(request))
+    buffered: list[StreamChunk] = []
+    opened = _OpenStream(iterator, buffered, False)
+    try:
+        while True:
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                opened.finished = True
+                return opened
+            buffered.append(chunk)
+            if chunk.is_content:
+                return opened
+    except BaseException:
+        await opened.aclose()
+        raise
+
+
+async def _complete(target: PlannedTarget, request: ChatRequest) -> ChatResponse:
+    assert target.bound is not None
+    return await target.bound.complete(request)
 
 
 class Engine:
-    """Holds the current runtime; `complete()` and `stream()` serve requests on it."""
+    """Serves requests on the current runtime; owns the metrics and the response cache."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, metrics: Metrics | None = None, cache: ResponseCache | None = None) -> None:
         self.runtime = runtime
+        self.metrics = metrics or Metrics()
+        self.cache = cache if cache is not None else build_cache(runtime.config.cache, clock=runtime.clock)
+        self.loaded_at = datetime.now(UTC)
+        self._inflight: dict[str, asyncio.Future[ChatResponse]] = {}
 
-    def _with_defaults(self, request: ChatRequest, runtime: Runtime) -> ChatRequest:
+    # --- preparing ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _with_defaults(request: ChatRequest, runtime: Runtime, *, stream: bool) -> ChatRequest:
         defaults = runtime.config.defaults
-        changes = {}
+        changes: dict[str, Any] = {}
+        if request.stream != stream:
+            changes["stream"] = stream
         if request.max_tokens is None and defaults.max_tokens is not None:
             changes["max_tokens"] = defaults.max_tokens
         if request.temperature is None and defaults.temperature is not None:
             changes["temperature"] = defaults.temperature
         return dataclasses.replace(request, **changes) if changes else request
 
-    def _plans(self, runtime: Runtime, name: str | None) -> list[ModelPlan]:
-        """The plan for `name` followed by its fallback models' plans, in order."""
-        name = name or runtime.config.defaults.model
-        plan = runtime.plans.get(name)
-        if plan is None:
-            raise UnknownModel(name, list(runtime.plans))
-        chain = [plan]
-        while plan.model.fallback and plan.model.fallback not in {p.model.name for p in chain}:
-            plan = runtime.plans[plan.model.fallback]
-            chain.append(plan)
-        return chain
+    def _cache_key(
+        self, runtime: Runtime, plan: ModelPlan, request: ChatRequest, bypass: bool, template_version: str | None
+    ) -> tuple[str | None, float]:
+        """The cache key when this request may use the cache (else None), and the TTL to store with."""
+        settings = runtime.config.cache
+        when = settings.when
+        if plan.model.cache.enabled is False:
+            when = "never"
+        elif plan.model.cache.enabled and when == "never":
+            when = "deterministic"
+        if not is_cacheable(request, when=when, bypass=bypass):
+            return None, 0.0
+        ttl = plan.model.cache.ttl if plan.model.cache.ttl is not None else settings.ttl
+        return cache_key(request, plan.model.name, template_version=template_version), ttl
 
-    def _targets(self, runtime: Runtime, request: ChatRequest) -> tuple[str, list[PlannedTarget]]:
-        plans = self._plans(runtime, request.model)
-        return plans[0].model.name, [target for plan in plans for target in plan.targets]
+    async def _cache_get(self, key: str) -> ChatResponse | None:
+        try:
+            return await self.cache.get(key)
+        except Exception as exc:  # a broken cache backend must not fail requests
+            log.warning("response cache lookup failed, serving without it: %s", type(exc).__name__)
+            return None
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
+    async def _cache_set(self, key: str, response: ChatResponse, ttl: float) -> None:
+        if not is_storable(response):
+            return
+        try:
+            await self.cache.set(key, dataclasses.replace(response, attempts=(), cost=0.0), ttl)
+        except Exception as exc:
+            log.warning("response cache store failed: %s", type(exc).__name__)
+
+    def _hit(self, hit: ChatResponse, route: str, started: float, runtime: Runtime, *, stream: bool) -> ChatResponse:
+        usage = hit.usage
+        self.metrics.record_cache(True, (usage.input_tokens + usage.output_tokens) if usage else 0)
+        latency = runtime.clock() - started
+        self.metrics.record_request(route, success=True, cached=True, latency_s=latency, stream=stream)
+        return dataclasses.replace(hit, route=route, cached=True, cost=0.0, attempts=(), latency_ms=latency * 1000)
+
+    def _finish(self, response: ChatResponse, admitted: Admitted, dispatch: Dispatch, cost: float) -> ChatResponse:
+        target = admitted.target
+        return dataclasses.replace(
+            response,
+            provider=target.provider,
+            model=response.model or target.model,
+            route=dispatch.name,
+            cost=cost,
+            attempts=dispatch.attempts,
+        )
+
+    def _record(self, dispatch: Dispatch, started: float, *, success: bool, truncated: bool = False) -> None:
+        self.metrics.record_request(
+            dispatch.name,
+            success=success,
+            latency_s=dispatch.runtime.clock() - started,
+            stream=dispatch.stream,
+            truncated=truncated,
+            fallbacks=dispatch.fallbacks,
+            retries=dispatch.retries,
+        )
+
+    # --- complete -----------------------------------------------------------------------------------------
+
+    async def complete(
+        self, request: ChatRequest, *, bypass_cache: bool = False, template_version: str | None = None
+    ) -> ChatResponse:
+        """Answer `request` (non-streaming). Raises a `ProxyError` with a user-facing message when it cannot."""
         runtime = self.runtime
-        request = self._with_defaults(request, runtime)
-        name, targets = self._targets(runtime, request)
-        failures: list[tuple[str, ProxyError]] = []
-        for target in targets:
-            if target.bound is None:
-                failures.append((target.label, ProviderUnavailable(target.config.provider, target.unavailable_reason)))
-                continue
+        started = runtime.clock()
+        request = self._with_defaults(request, runtime, stream=False)
+        try:
+            chain = runtime.resolve(request.model)
+        except ProxyError:
+            self.metrics.record_request(request.model, success=False, latency_s=runtime.clock() - started)
+            raise
+        route = chain[0].model.name
+        key, ttl = self._cache_key(runtime, chain[0], request, bypass_cache, template_version)
+        if key is None:
+            return await self._dispatch(runtime, chain, request, started)
+        hit = await self._cache_get(key)
+        if hit is not None:
+            return self._hit(hit, route, started, runtime, stream=False)
+        self.metrics.record_cache(False)
+        shared = self._inflight.get(key)
+        if shared is not None:  # an identical request is in flight: share its answer
             try:
-                target.bound.validate_request(request)
-                return await target.bound.complete(request)
-            except ProxyError as exc:
-                if _fails_fast(exc):
-                    raise
-                failures.append((target.label, exc))
-        raise AllTargetsFailed(name, failures)
+                response = await asyncio.shield(shared)
+            except _LeaderCancelled:  # its client went away; make our own call
+                return await self._dispatch(runtime, chain, request, started)
+            return self._hit(response, route, started, runtime, stream=False)
+        future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            response = await self._dispatch(runtime, chain, request, started)
+            future.set_result(response)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, ProxyError) else _LeaderCancelled())
+            future.exception()  # retrieved here, so an unawaited future does not warn
+            raise
+        finally:
+            del self._inflight[key]
+        await self._cache_set(key, response, ttl)
+        return response
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    async def _dispatch(
+        self, runtime: Runtime, chain: list[ModelPlan], request: ChatRequest, started: float
+    ) -> ChatResponse:
+        dispatch = Dispatch(runtime, self.metrics, chain, request)
+        try:
+            response, admitted = await dispatch.run(_complete)
+        except BaseException:
+            self._record(dispatch, started, success=False)
+            raise
+        cost = await admitted.succeed(response.usage)
+        self._record(dispatch, started, success=True)
+        response = self._finish(response, admitted, dispatch, cost)
+        return dataclasses.replace(response, latency_ms=(runtime.clock() - started) * 1000)
+
+    # --- stream -------------------------------------------------------------------------------------------
+
+    def stream(
+        self, request: ChatRequest, *, bypass_cache: bool = False, template_version: str | None = None
+    ) -> EngineStream:
+        """A stream of chunks for `request`; see `EngineStream`."""
+        return EngineStream(self, request, bypass_cache, template_version)
+
+    # --- status ---------------------------------------------------------------------------------------------
+
+    def config_info(self) -> dict[str, Any]:
+        config = self.runtime.config
+        return {
+            "version": config.version_hash,
+            "loaded_at": self.loaded_at.isoformat(timespec="seconds"),
+            "path": str(config.path) if config.path else None,
+        }
+
+    async def list_providers(self, include_metrics: bool = False) -> list[dict[str, Any]]:
+        """One secret-free entry per configured provider (DESIGN.md "Public interface")."""
         runtime = self.runtime
-        request = self._with_defaults(dataclasses.replace(request, stream=True), runtime)
-        name, targets = self._targets(runtime, request)
-        failures: list[tuple[str, ProxyError]] = []
-        for target in targets:
-            if target.bound is None:
-                failures.append((target.label, ProviderUnavailable(target.config.provider, target.unavailable_reason)))
-                continue
-            committed = False
-            try:
-                target.bound.validate_request(request)
-                async for chunk in target.bound.stream(request):
-                    committed = committed or chunk.is_content
-                    yield chunk
-                return
-            except ProxyError as exc:
-                if committed or _fails_fast(exc):
-                    raise
-                failures.append((target.label, exc))
-        raise AllTargetsFailed(name, failures)
+        config = runtime.config
+        entries = []
+        for name, provider in config.providers.items():
+            models = sorted({t.model for m in config.models.values() for t in m.targets if t.provider == name})
+            limits = provider.limits
+            entry: dict[str, Any] = {
+                "name": name,
+                "type": provider.type,
+                "enabled": provider.enabled,
+                "disabled_reason": provider.disabled_reason,
+                "models": models,
+                "limits": {
+                    "requests_per_minute": limits.requests_per_minute,
+                    "tokens_per_minute": limits.tokens_per_minute,
+                    "concurrency": limits.concurrency,
+                    "max_wait": limits.max_wait,
+                    "headroom": await runtime.limiters[name].headroom(),
+                },
+                "breaker": runtime.provider_breaker_state(name),
+            }
+            if include_metrics:
+                entry["metrics"] = self.metrics.snapshot(name)["provider_metrics"][name]
+            entries.append(entry)
+        return entries
+
+    def metrics_snapshot(self, provider: str | None = None) -> dict[str, Any]:
+        """The `get_metrics` JSON (DESIGN.md "Telemetry"), plus the cache backend's counters and the config."""
+        providers = self.runtime.config.providers
+        if provider is not None and provider not in providers and provider not in self.metrics.providers:
+            known = ", ".join(f"`{name}`" for name in providers) or "(none)"
+            raise RequestError(f"unknown provider `{provider}`; known providers: {known}", param="provider")
+        snapshot = self.metrics.snapshot(provider, providers=providers)
+        snapshot["cache"]["backend"] = self.cache.stats()
+        snapshot["config"] = self.config_info()
+        return snapshot
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        """Serve new requests on `runtime`; returns the old one (in-flight requests finish on it)."""
+        old, self.runtime = self.runtime, runtime
+        self.loaded_at = datetime.now(UTC)
+        return old
 
     async def aclose(self) -> None:
         await self.runtime.aclose()
+        await self.cache.aclose()
+
+
+class EngineStream:
+    """One streamed request. Iterate it once for `StreamChunk`s; a failure raises a `ProxyError` from the loop.
+
+    Once the first chunk is out, `provider` and `model` name the target that answers (`cached` for a cache hit);
+    after a clean end `response` is the assembled `ChatResponse` (route, cost, attempts, usage). After the commit
+    point an upstream failure raises `StreamInterrupted` whose `partial_text` is what the client already got.
+    `aclose()` (or leaving the loop early) cancels the upstream call.
+    """
+
+    def __init__(self, engine: Engine, request: ChatRequest, bypass_cache: bool, template_version: str | None) -> None:
+        self.provider: str | None = None
+        self.model: str | None = None
+        self.route: str | None = None
+        self.cached = False
+        self.response: ChatResponse | None = None
+        self._generator = self._run(engine, request, bypass_cache, template_version)
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self._generator
+
+    async def aclose(self) -> None:
+        await self._generator.aclose()
+
+    async def _run(
+        self, engine: Engine, request: ChatRequest, bypass_cache: bool, template_version: str | None
+    ) -> AsyncIterator[StreamChunk]:
+        runtime = engine.runtime
+        metrics = engine.metrics
+        started = runtime.clock()
+        request = engine._with_defaults(request, runtime, stream=True)
+        try:
+            chain = runtime.resolve(request.model)
+        except ProxyError:
+            metrics.record_request(request.model, success=False, stream=True, latency_s=runtime.clock() - started)
+            raise
+        self.route = chain[0].model.name
+        key, ttl = engine._cache_key(runtime, chain[0], request, bypass_cache, template_version)
+        if key is not None:
+            hit = await engine._cache_get(key)
+            if hit is not None:
+                self.response = engine._hit(hit, self.route, started, runtime, stream=True)
+                self.cached, self.provider, self.model = True, hit.provider, hit.model
+                for chunk in replay_as_chunks(hit):
+                    yield chunk
+                return
+            metrics.record_cache(False)
+        dispatch = Dispatch(runtime, metrics, chain, request)
+        try:
+            opened, admitted = await dispatch.run(_open_stream)
+        except BaseException:
+            engine._record(dispatch, started, success=False)
+            raise
+        first_token_at = runtime.clock()
+        self.provider, self.model = admitted.target.provider, admitted.target.model
+        assembler = ResponseAssembler()
+        try:
+            for chunk in opened.buffered:
+                assembler.add(chunk)
+                yield chunk
+            if not opened.finished:
+                async for chunk in opened.iterator:
+                    assembler.add(chunk)
+                    yield chunk
+        except ProxyError as exc:
+            await opened.aclose()
+            await admitted.fail(exc)
+            engine._record(dispatch, started, success=False, truncated=True)
+            partial = assembler.response().text or ""
+            raise StreamInterrupted(
+                f"the stream from `{admitted.target.label}` broke after {len(partial)} characters of output: {exc}",
+                provider=admitted.target.provider,
+                partial_text=partial,
+            ) from exc
+        except BaseException:  # the client went away (GeneratorExit, cancellation)
+            await opened.aclose()
+            await admitted.abandon()
+            engine._record(dispatch, started, success=False)
+            raise
+        response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
+        cost = await admitted.succeed(response.usage, first_token_at=first_token_at)
+        engine._record(dispatch, started, success=True)
+        response = engine._finish(response, admitted, dispatch, cost)
+        self.response = dataclasses.replace(response, latency_ms=(runtime.clock() - started) * 1000)
+        if key is not None:
+            await engine._cache_set(key, self.response, ttl)

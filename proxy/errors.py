@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class ProxyError(Exception):
@@ -113,11 +114,12 @@ class RequestError(ProxyError):
 class UnknownModel(RequestError):
     status_code = 404
 
-    def __init__(self, name: str, known: Sequence[str]) -> None:
+    def __init__(self, name: str, known: Sequence[str], *, hint: str | None = None) -> None:
         self.name = name
         self.known = tuple(known)
         listing = ", ".join(f"`{k}`" for k in self.known) or "(none)"
-        super().__init__(f"unknown model `{name}`; known models: {listing}", param="model")
+        suffix = f"; {hint}" if hint else ""
+        super().__init__(f"unknown model `{name}`; known models: {listing}{suffix}", param="model")
 
 
 class TemplateError(RequestError):
@@ -288,3 +290,10 @@ class AllTargetsFailed(ProxyError):
         statuses = {err.status_code for _, err in self.failures}
         if len(statuses) == 1:
             self.status_code = statuses.pop()
+        self.attempts: tuple[Any, ...] = ()  # the engine sets the attempt history (`proxy.types.Attempt`s)
+
+    @property
+    def retry_after(self) -> float | None:
+        """The soonest any failed target said it could take the request again (rate limits), else None."""
+        waits = [w for _, err in self.failures if (w := getattr(err, "retry_after", None)) is not None]
+        return min(waits) if waits else None

@@ -1,50 +1,112 @@
-"""`Runtime`: everything built from one `Config` that requests need, immutable once built.
+"""`Runtime`: everything built from one `Config` that requests need, composed once at config load.
 
-Providers are instantiated once (disabled ones are not built; their reasons are kept), and every model name gets
-its ordered plan of targets. A config reload builds a new Runtime aside and swaps one reference (see engine.py).
-Routing strategies, rate limits, retries, breakers and the cache plug in here as the engine issue lands; today a
-plan is tried in its declared order.
+- Providers are instantiated once (disabled ones are not built; their reasons are kept).
+- Every configured model gets a `ModelPlan`: its targets (`PlannedTarget`: bound model, resolved context window,
+  price, rate limiter chain, circuit breaker) and its router (strategy state).
+- Breakers are per target (`provider/model`), shared by every model that routes to that target, with the
+  provider's `breaker` settings. Rate limiters: one per provider (its `limits`), plus one per target entry that
+  sets its own `limits`; a call needs both (`LimiterChain`).
+- With `defaults.direct_models`, a request may name `provider/model` directly; such plans are built on first use
+  and kept (bounded), sharing the provider's limiter and the target's breaker.
+- The retry policy is built once; each request opens its own budget from it.
+
+Time, sleeping and randomness are injected (`clock`, `sleep`, `rng`) so the engine can be tested on a fake clock.
+A config reload builds a new Runtime aside and the engine swaps one reference; in-flight requests keep the old one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from proxy.config.model import Config, ModelConfig, TargetConfig
-from proxy.errors import ConfigError, ConfigIssue
+from proxy.config.model import Config, ModelConfig, PriceConfig, ProviderConfig, TargetConfig
+from proxy.errors import ConfigError, ConfigIssue, UnknownModel
+from proxy.policies.breaker import BreakerState, CircuitBreaker
+from proxy.policies.ratelimit import Limiter, LimiterChain
+from proxy.policies.retry import RetryPolicy
 from proxy.providers.base import BoundModel, Provider
 from proxy.providers.registry import build_provider
+from proxy.routing import Router, build_router
+from proxy.tokens import context_window_for
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+MAX_DIRECT_PLANS = 1024  # distinct `provider/model` names kept; beyond that a plan is built per request
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedTarget:
-    """One target of a model's plan: the config entry and, when its provider is enabled, the bound model."""
+    """One target of a model's plan, with everything a call to it needs, resolved at load time."""
 
     config: TargetConfig
-    bound: BoundModel | None
+    bound: BoundModel | None  # None when the provider is disabled
     unavailable_reason: str | None
+    label: str  # `provider/model`
+    context_window: int | None  # the config's, else the known window of the model id, else None (unknown)
+    price: PriceConfig | None
+    limiter: LimiterChain
+    breaker: CircuitBreaker
 
     @property
-    def label(self) -> str:
-        return f"{self.config.provider}/{self.config.model}"
+    def provider(self) -> str:
+        return self.config.provider
+
+    @property
+    def model(self) -> str:
+        return self.config.model
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPlan:
     model: ModelConfig
     targets: tuple[PlannedTarget, ...]
+    router: Router
+
+
+def _price(provider: ProviderConfig, model: str) -> PriceConfig | None:
+    return provider.pricing.get(model)
 
 
 class Runtime:
-    """Providers and plans for one config version. Build with `Runtime.build(config)`; close with `aclose()`."""
+    """Providers, plans and policies for one config version. Build with `Runtime.build(config)`; `aclose()` it."""
 
-    def __init__(self, config: Config, providers: dict[str, Provider], plans: dict[str, ModelPlan]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        providers: dict[str, Provider],
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.providers = providers
-        self.plans = plans
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.retry = RetryPolicy.from_config(config.retry, rng=self.rng, clock=clock)
+        self.limiters = {
+            name: Limiter.from_config(cfg.limits, name, clock=clock, sleep=sleep)
+            for name, cfg in config.providers.items()
+        }
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.plans: dict[str, ModelPlan] = {name: self._plan(model) for name, model in config.models.items()}
+        self._direct: dict[str, ModelPlan] = {}
 
     @classmethod
-    def build(cls, config: Config) -> Runtime:
+    def build(
+        cls,
+        config: Config,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> Runtime:
         providers: dict[str, Provider] = {}
         issues: list[ConfigIssue] = []
         file = str(config.path) if config.path else "<config>"
@@ -57,26 +119,100 @@ class Runtime:
                 issues.append(ConfigIssue(file, None, None, f"providers.{name}", str(exc), "semantic"))
         if issues:
             raise ConfigError(issues)
-        plans = {name: cls._plan(config, model, providers) for name, model in config.models.items()}
-        return cls(config, providers, plans)
+        return cls(config, providers, clock=clock, sleep=sleep, rng=rng)
 
-    @staticmethod
-    def _plan(config: Config, model: ModelConfig, providers: dict[str, Provider]) -> ModelPlan:
-        targets = []
-        for target in model.targets:
-            provider = providers.get(target.provider)
-            if provider is None:
-                reason = config.providers[target.provider].disabled_reason or "disabled"
-                targets.append(PlannedTarget(target, None, reason))
-                continue
+    # --- building -----------------------------------------------------------------------------------------
+
+    def _breaker(self, label: str, provider: ProviderConfig) -> CircuitBreaker:
+        breaker = self.breakers.get(label)
+        if breaker is None:
+            breaker = self.breakers[label] = CircuitBreaker.from_config(provider.breaker)
+        return breaker
+
+    def _target(self, model_name: str, target: TargetConfig) -> PlannedTarget:
+        provider_config = self.config.providers[target.provider]
+        label = f"{target.provider}/{target.model}"
+        limiters = [self.limiters[target.provider]]
+        if target.limits is not None:
+            scope = f"{model_name}:{label}"
+            limiters.append(Limiter.from_config(target.limits, scope, clock=self.clock, sleep=self.sleep))
+        window = target.context_window or context_window_for(target.model)
+        provider = self.providers.get(target.provider)
+        bound = None
+        reason = None
+        if provider is None:
+            reason = provider_config.disabled_reason or "disabled"
+        else:
             bound = BoundModel(
-                provider,
-                target.model,
-                context_window=target.context_window,
-                max_output_tokens=target.max_output_tokens,
+                provider, target.model, context_window=window, max_output_tokens=target.max_output_tokens
             )
-            targets.append(PlannedTarget(target, bound, None))
-        return ModelPlan(model, tuple(targets))
+        return PlannedTarget(
+            config=target,
+            bound=bound,
+            unavailable_reason=reason,
+            label=label,
+            context_window=window,
+            price=_price(provider_config, target.model),
+            limiter=LimiterChain(limiters),
+            breaker=self._breaker(label, provider_config),
+        )
+
+    def _plan(self, model: ModelConfig) -> ModelPlan:
+        targets = tuple(self._target(model.name, target) for target in model.targets)
+        return ModelPlan(model, targets, build_router(model, rng=self.rng, clock=self.clock))
+
+    # --- lookups ------------------------------------------------------------------------------------------
+
+    def resolve(self, name: str | None) -> list[ModelPlan]:
+        """The plan for `name` (None: the default model) followed by its fallback models' plans, in order.
+
+        Raises `UnknownModel` naming the known models (and how to enable `provider/model` names when that would
+        have matched)."""
+        name = name or self.config.defaults.model
+        plan = self.plans.get(name) or self._direct_plan(name)
+        chain = [plan]
+        seen = {plan.model.name}
+        while plan.model.fallback and plan.model.fallback not in seen:
+            plan = self.plans[plan.model.fallback]
+            seen.add(plan.model.name)
+            chain.append(plan)
+        return chain
+
+    def _direct_plan(self, name: str) -> ModelPlan:
+        plan = self._direct.get(name)
+        if plan is not None:
+            return plan
+        provider, _, model = name.partition("/")
+        known = list(self.plans)
+        if not model or provider not in self.config.providers:
+            raise UnknownModel(name, known)
+        if not self.config.defaults.direct_models:
+            raise UnknownModel(
+                name,
+                known,
+                hint=f"`{provider}/...` names a provider's model directly, which this config does not allow "
+                "(set `defaults.direct_models: true` to allow it)",
+            )
+        plan = self._plan(ModelConfig(name=name, targets=(TargetConfig(provider=provider, model=model),)))
+        if len(self._direct) < MAX_DIRECT_PLANS:
+            self._direct[name] = plan
+        return plan
+
+    def provider_breaker_state(self, provider: str) -> dict[str, Any]:
+        """The provider's breakers: the worst state of its targets, and each target's snapshot."""
+        now = self.clock()
+        prefix = f"{provider}/"
+        targets = {
+            label[len(prefix) :]: breaker.snapshot(now).as_dict()
+            for label, breaker in self.breakers.items()
+            if label.startswith(prefix)
+        }
+        states = {snapshot["state"] for snapshot in targets.values()}
+        worst = next(
+            (s.value for s in (BreakerState.OPEN, BreakerState.HALF_OPEN) if s.value in states),
+            BreakerState.CLOSED.value,
+        )
+        return {"state": worst, "targets": targets}
 
     async def aclose(self) -> None:
         for provider in self.providers.values():

@@ -87,4 +87,4 @@ async def test_stream_failure_before_first_content_falls_back(engine):
 
 
 async def test_defaults_apply(engine):
-    assert engine._with_defaults(ChatRequest.from_prompt("x"), engine.runtime).max_tokens == 1024
+    assert engine._with_defaults(ChatRequest.from_prompt("x"), engine.runtime, stream=False).max_tokens == 1024
