@@ -3,6 +3,7 @@
     llm-proxy validate [PATH ...] [--format text|json]   exit 0 valid, 1 invalid
     llm-proxy schema [--format json|markdown]            print the config JSON Schema / reference
     llm-proxy complete [--model NAME] [--stream] [--system TEXT] PROMPT
+    llm-proxy render TEMPLATE [--arg KEY=VALUE ...] [--format text|json]
     llm-proxy --version
 
 The config comes from `--config PATH` (accepted before or after the subcommand), else `$LLM_PROXY_CONFIG`,
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli_complete import add_parser as add_complete
 
     add_complete(commands, _config_option)
+    from proxy.cli_render import add_parser as add_render
+
+    add_render(commands, _config_option)
     return parser
 
 
@@ -124,11 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from proxy.cli_complete import cmd_complete
+    from proxy.cli_render import cmd_render
 
     handlers = {
         "validate": cmd_validate,
         "schema": cmd_schema,
         "complete": lambda a: cmd_complete(a, config_path(a)),
+        "render": lambda a: cmd_render(a, config_path(a)),
     }
     if args.command is None:
         parser.print_help(sys.stderr)
