@@ -113,12 +113,19 @@ class Dispatch:
         self.stream = request.stream
         self.budget: RetryBudget = runtime.retry.start()
         self.failures: list[tuple[str, ProxyError]] = []
-        self.prompt_tokens = estimate_prompt_tokens(request)
+        self._prompt_tokens: int | None = None
         self.min_window: int | None = None  # after a context-length error: only larger windows are tried
         self.retries = 0
         self.fallbacks = 0
         self._routers: dict[int, Router] = {}  # id(target) -> its plan's router
         self._tried: set[str] = set()
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's estimated tokens, computed on first need (a context window or a tokens/min limit)."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = estimate_prompt_tokens(self.request)
+        return self._prompt_tokens
 
     @property
     def name(self) -> str:

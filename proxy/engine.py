@@ -151,7 +151,10 @@ class Engine:
         self.metrics.record_request(route, success=True, cached=True, latency_s=latency, stream=stream)
         return dataclasses.replace(hit, route=route, cached=True, cost=0.0, attempts=(), latency_ms=latency * 1000)
 
-    def _finish(self, response: ChatResponse, admitted: Admitted, dispatch: Dispatch, cost: float) -> ChatResponse:
+    def _finish(
+        self, response: ChatResponse, admitted: Admitted, dispatch: Dispatch, cost: float, started: float
+    ) -> ChatResponse:
+        """The answer as the client gets it: who answered, the route, cost, attempt history and total latency."""
         target = admitted.target
         return dataclasses.replace(
             response,
@@ -160,6 +163,7 @@ class Engine:
             route=dispatch.name,
             cost=cost,
             attempts=dispatch.attempts,
+            latency_ms=(dispatch.runtime.clock() - started) * 1000,
         )
 
     def _record(self, dispatch: Dispatch, started: float, *, success: bool, truncated: bool = False) -> None:
@@ -227,8 +231,7 @@ class Engine:
             raise
         cost = await admitted.succeed(response.usage)
         self._record(dispatch, started, success=True)
-        response = self._finish(response, admitted, dispatch, cost)
-        return dataclasses.replace(response, latency_ms=(runtime.clock() - started) * 1000)
+        return self._finish(response, admitted, dispatch, cost, started)
 
     # --- stream -------------------------------------------------------------------------------------------
 
@@ -379,7 +382,6 @@ class EngineStream:
         response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
         cost = await admitted.succeed(response.usage, first_token_at=first_token_at)
         engine._record(dispatch, started, success=True)
-        response = engine._finish(response, admitted, dispatch, cost)
-        self.response = dataclasses.replace(response, latency_ms=(runtime.clock() - started) * 1000)
+        self.response = engine._finish(response, admitted, dispatch, cost, started)
         if key is not None:
             await engine._cache_set(key, self.response, ttl)
