@@ -1,0 +1,192 @@
+"""The one Starlette app behind `llm-proxy serve --transport http`: the OpenAI and Anthropic APIs, the probes,
+`/v1/models`, `/metrics`, and the MCP endpoint mounted at `/mcp`.
+
+`ProxyMiddleware` (pure ASGI, so streaming bodies pass through untouched) runs around every route:
+- a request id on every response (`x-request-id`: the client's when it sent a sane one, else a new one), kept in
+  `scope["state"]["request_id"]` for the handlers;
+- auth: when `server.auth.bearer_tokens` is set, everything but `/healthz` and `/readyz` needs one of the tokens, as
+  `Authorization: Bearer <token>` or (Anthropic clients) `x-api-key: <token>`; compared in constant time; a 401 in
+  the API's error shape otherwise. The tokens are read from the engine's current config on every request, so a
+  reload that rotates them takes effect at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.engine import Engine
+from proxy.fronts.http_common import error_for_path
+
+log = logging.getLogger(__name__)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _token_of(scope: Scope) -> str | None:
+    authorization = _header(scope, b"authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    api_key = _header(scope, b"x-api-key")
+    return api_key.strip() if api_key else None
+
+
+def token_allowed(presented: str | None, tokens: Sequence[str]) -> bool:
+    """Whether `presented` is one of `tokens`; compares against every token, in constant time per token."""
+    if presented is None:
+        return False
+    given = presented.encode()
+    allowed = False
+    for token in tokens:
+        allowed |= hmac.compare_digest(given, token.encode())
+    return allowed
+
+
+class ProxyMiddleware:
+    """Request ids and bearer-token auth around every route (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        raw_id = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"x-request-id"]
+                headers.append((b"x-request-id", raw_id))
+                message["headers"] = headers
+            await send(message)
+
+        path = scope.get("path", "")
+        tokens = self.engine.runtime.config.server.bearer_tokens
+        if (
+            tokens
+            and path not in PUBLIC_PATHS
+            and not token_allowed(_token_of(scope), [token.reveal() for token in tokens])
+        ):
+            message = (
+                "missing or invalid API key: send `Authorization: Bearer <token>` (or `x-api-key: <token>`) "
+                "with one of the tokens in `server.auth.bearer_tokens`"
+            )
+            response = error_for_path(path, 401, message, code="invalid_api_key")
+            await response(scope, receive, send_with_id)
+            return
+        await self.app(scope, receive, send_with_id)
+
+
+def request_id_of(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "")
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process serves requests. Spends no tokens."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: a config is loaded and at least one provider is enabled with a closed or half-open breaker."""
+    engine: Engine = request.app.state.engine
+    providers = await engine.list_providers()
+    states = {
+        p["name"]: {
+            "enabled": p["enabled"],
+            "disabled_reason": p["disabled_reason"],
+            "breaker": p["breaker"]["state"],
+        }
+        for p in providers
+    }
+    ready = any(p["enabled"] and p["breaker"]["state"] != "open" for p in providers)
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "not_ready",
+        "config": engine.config_info(),
+        "providers": states,
+        "last_reload": engine.metrics.last_reload,
+    }
+    if not ready:
+        body["reason"] = "no provider is enabled and healthy" if providers else "the config declares no provider"
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def list_models(request: Request) -> Response:
+    """`GET /v1/models` in OpenAI's list shape: the model names the config offers."""
+    engine: Engine = request.app.state.engine
+    config = engine.runtime.config
+    created = int(engine.loaded_at.timestamp())
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "llm-proxy", "description": model.description}
+        for name, model in config.models.items()
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """404/405 and friends in the API's error shape instead of Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    detail = {
+        404: f"no such endpoint: {request.method} {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
+    return error_for_path(request.url.path, exc.status_code, detail)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A bug, not a bad input: logged with its traceback, answered as a 500 naming the request id (no details)."""
+    request_id = request_id_of(request)
+    log.exception("unexpected error serving %s %s (request %s)", request.method, request.url.path, request_id)
+    return error_for_path(request.url.path, 500, f"internal error in the proxy (request id {request_id})")
+
+
+def build_app(
+    engine: Engine,
+    *,
+    api_routes: Sequence[BaseRoute] = (),
+    mcp_app: ASGIApp | None = None,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    """The HTTP app over `engine`. `api_routes` are the OpenAI/Anthropic/metrics routes; `mcp_app` (the MCP SDK's
+    streamable HTTP app, which serves `/mcp`) is mounted last; `lifespan` must run its session manager."""
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        *api_routes,
+    ]
+    if mcp_app is not None:
+        routes.append(Mount("/", app=mcp_app))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
+    )
+    app.state.engine = engine
+    app.add_middleware(ProxyMiddleware, engine=engine)
+    return app

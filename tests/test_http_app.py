@@ -1,0 +1,107 @@
+"""The shared HTTP app: probes, `/v1/models`, request ids, bearer-token auth, and error shapes for bad routes."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from tests.http_server import engine_app
+
+CONFIG = """
+version: 1
+server:
+  auth:
+    bearer_tokens: ["${PROXY_TOKEN}"]
+providers:
+  mock: {type: mock}
+  keyless: {type: openai, api_key: "${UNSET_KEY}"}
+models:
+  default:
+    description: the mock
+    targets: [{provider: mock, model: mock-1}]
+  other:
+    targets: [{provider: keyless, model: gpt-4o-mini}]
+    fallback: default
+"""
+TOKEN = "test-proxy-token-0123456789"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def served():
+    async with (
+        engine_app(CONFIG, env={"PROXY_TOKEN": TOKEN}) as (base_url, engine),
+        aiohttp.ClientSession(base_url) as session,
+    ):
+        yield session, engine
+
+
+async def test_probes_need_no_token_and_show_no_secret(served):
+    session, engine = served
+    async with session.get("/healthz") as response:
+        assert response.status == 200 and (await response.json()) == {"status": "ok"}
+        assert response.headers["x-request-id"].startswith("req_")
+    async with session.get("/readyz") as response:
+        body = await response.json()
+        assert response.status == 200 and body["status"] == "ready"
+        assert body["providers"]["keyless"] == {
+            "enabled": False,
+            "disabled_reason": body["providers"]["keyless"]["disabled_reason"],
+            "breaker": "closed",
+        }
+        assert "UNSET_KEY" in body["providers"]["keyless"]["disabled_reason"]
+        assert body["config"]["version"] == engine.runtime.config.version_hash
+        assert TOKEN not in await response.text()
+
+
+async def test_readyz_is_503_when_no_provider_can_serve():
+    text = CONFIG.replace("  mock: {type: mock}\n", "").replace("provider: mock,", "provider: keyless,")
+    async with (
+        engine_app(text, env={"PROXY_TOKEN": TOKEN}) as (base_url, _),
+        aiohttp.ClientSession(base_url) as session,
+        session.get("/readyz") as response,
+    ):
+        assert response.status == 503
+        assert (await response.json())["status"] == "not_ready"
+
+
+async def test_models_are_listed_with_a_token_and_refused_without(served):
+    session, _ = served
+    async with session.get("/v1/models", headers=AUTH) as response:
+        body = await response.json()
+        assert [m["id"] for m in body["data"]] == ["default", "other"]
+        assert body["data"][0]["description"] == "the mock"
+    async with session.get("/v1/models", headers={"x-api-key": TOKEN}) as response:
+        assert response.status == 200
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}, {"x-api-key": "nope"}):
+        async with session.get("/v1/models", headers=headers) as response:
+            assert response.status == 401
+            body = await response.json()
+            assert body["error"]["code"] == "invalid_api_key"
+            assert TOKEN not in await response.text()
+
+
+async def test_anthropic_paths_get_anthropic_shaped_errors(served):
+    session, _ = served
+    async with session.post("/v1/messages", json={}) as response:
+        assert response.status == 401
+        assert (await response.json())["type"] == "error"
+        assert (await response.json())["error"]["type"] == "authentication_error"
+
+
+async def test_a_sane_client_request_id_is_kept_and_a_bad_one_replaced(served):
+    session, _ = served
+    async with session.get("/healthz", headers={"x-request-id": "client-abc.123"}) as response:
+        assert response.headers["x-request-id"] == "client-abc.123"
+    async with session.get("/healthz", headers={"x-request-id": "bad id\twith spaces"}) as response:
+        assert response.headers["x-request-id"].startswith("req_")
+
+
+async def test_unknown_routes_and_methods_answer_in_the_api_shape(served):
+    session, _ = served
+    async with session.get("/v1/nothing", headers=AUTH) as response:
+        assert response.status == 404
+        assert "no such endpoint: GET /v1/nothing" in (await response.json())["error"]["message"]
+    async with session.post("/v1/models", headers=AUTH) as response:
+        assert response.status == 405
+        assert "error" in await response.json()
