@@ -9,6 +9,7 @@
 - With `defaults.direct_models`, a request may name `provider/model` directly; such plans are built on first use
   and kept (bounded), sharing the provider's limiter and the target's breaker.
 - The retry policy is built once; each request opens its own budget from it.
+- Prompt templates are read and compiled once (`PromptTemplates`); one that cannot be built rejects the config.
 
 Time, sleeping and randomness are injected (`clock`, `sleep`, `rng`) so the engine can be tested on a fake clock.
 A config reload builds a new Runtime aside and the engine swaps one reference; in-flight requests keep the old one.
@@ -31,6 +32,7 @@ from proxy.policies.retry import RetryPolicy
 from proxy.providers.base import BoundModel, Provider
 from proxy.providers.registry import build_provider
 from proxy.routing import Router, build_router
+from proxy.templates import PromptTemplates
 from proxy.tokens import context_window_for
 
 Clock = Callable[[], float]
@@ -80,12 +82,14 @@ class Runtime:
         config: Config,
         providers: dict[str, Provider],
         *,
+        templates: PromptTemplates | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
+        self.templates = templates if templates is not None else PromptTemplates.from_config(config)
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -107,6 +111,7 @@ class Runtime:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> Runtime:
+        templates = PromptTemplates.from_config(config)  # ConfigError when one cannot be built
         providers: dict[str, Provider] = {}
         issues: list[ConfigIssue] = []
         file = str(config.path) if config.path else "<config>"
@@ -119,7 +124,7 @@ class Runtime:
                 issues.append(ConfigIssue(file, None, None, f"providers.{name}", str(exc), "semantic"))
         if issues:
             raise ConfigError(issues)
-        return cls(config, providers, clock=clock, sleep=sleep, rng=rng)
+        return cls(config, providers, templates=templates, clock=clock, sleep=sleep, rng=rng)
 
     # --- building -----------------------------------------------------------------------------------------
 
