@@ -186,7 +186,13 @@ class Dispatch:
                     f"the prompt (about {self.prompt_tokens} tokens) does not fit its {window}-token context window",
                     provider=target.provider,
                 )
-            if clamp and max_tokens is not None and max_tokens > room:
+            if max_tokens is not None and max_tokens > room:
+                if not clamp:
+                    return ContextLengthExceeded(
+                        f"the prompt (about {self.prompt_tokens} tokens) plus max_tokens {max_tokens} does not fit "
+                        f"its {window}-token context window (defaults.clamp_max_tokens is off)",
+                        provider=target.provider,
+                    )
                 max_tokens = room
         if clamp and limit is not None and max_tokens is not None and max_tokens > limit:
             max_tokens = limit
@@ -287,6 +293,8 @@ class Dispatch:
             decision = self.budget.decide(error, attempt, remaining, target=target.label)
             if decision.mark_unhealthy:
                 target.breaker.record_failure(self.runtime.clock(), trip=True)
+            if decision.action is Action.RETRY and target.breaker.state(self.runtime.clock()) is BreakerState.OPEN:
+                decision = dataclasses.replace(decision, action=Action.FALLBACK, delay=0.0)  # its breaker just opened
             if decision.action is Action.RETRY:
                 self.retries += 1
                 await self.runtime.sleep(decision.delay)

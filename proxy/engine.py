@@ -198,14 +198,18 @@ class Engine:
         hit = await self._cache_get(key)
         if hit is not None:
             return self._hit(hit, route, started, runtime, stream=False)
-        self.metrics.record_cache(False)
         shared = self._inflight.get(key)
-        if shared is not None:  # an identical request is in flight: share its answer
+        if shared is not None:  # an identical request is in flight: share its answer (counted as a cache hit)
             try:
                 response = await asyncio.shield(shared)
             except _LeaderCancelled:  # its client went away; make our own call
+                self.metrics.record_cache(False)
                 return await self._dispatch(runtime, chain, request, started)
+            except ProxyError:
+                self.metrics.record_request(route, success=False, latency_s=runtime.clock() - started)
+                raise
             return self._hit(response, route, started, runtime, stream=False)
+        self.metrics.record_cache(False)
         future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
