@@ -24,6 +24,7 @@ Imports only `proxy.types` and `proxy.config.model`.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -54,16 +55,22 @@ def cost_of(usage: Usage | None, price: PriceConfig | None) -> float:
     ) / 1_000_000
 
 
-class LatencyWindow:
-    """The last `size` latency samples (seconds) plus all-time count, sum and max; percentiles by nearest rank."""
+# Upper bounds (seconds) of the all-time latency histogram buckets (Prometheus `le`), LLM-call shaped.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-    __slots__ = ("count", "max", "samples", "total")
+
+class LatencyWindow:
+    """The last `size` latency samples (seconds) for percentiles (nearest rank), plus all-time count, sum, max and
+    a histogram over `LATENCY_BUCKETS` (`buckets[i]` counts samples in `(bound[i-1], bound[i]]`, the last +Inf)."""
+
+    __slots__ = ("buckets", "count", "max", "samples", "total")
 
     def __init__(self, size: int = DEFAULT_LATENCY_WINDOW) -> None:
         self.samples: deque[float] = deque(maxlen=size)
         self.count = 0
         self.total = 0.0
         self.max = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
 
     def add(self, seconds: float) -> None:
         self.samples.append(seconds)
@@ -71,6 +78,7 @@ class LatencyWindow:
         self.total += seconds
         if seconds > self.max:
             self.max = seconds
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     def percentile(self, p: float) -> float | None:
         """The nearest-rank `p`th percentile of the window in seconds (None when empty)."""

@@ -1,5 +1,5 @@
 """The one Starlette app behind `llm-proxy serve --transport http`: the OpenAI and Anthropic APIs, the probes,
-`/v1/models`, `/metrics`, and the MCP endpoint mounted at `/mcp`.
+`/v1/models`, `/metrics` (Prometheus, proxy/fronts/prometheus.py), and the MCP endpoint mounted at `/mcp`.
 
 `ProxyMiddleware` (pure ASGI, so streaming bodies pass through untouched) runs around every route:
 - a request id on every response (`x-request-id`: the client's when it sent a sane one, else a new one), kept in
@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.engine import Engine
 from proxy.fronts.http_common import error_for_path
+from proxy.fronts.prometheus import metrics_route_handler
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -178,6 +179,7 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/metrics", metrics_route_handler(engine), methods=["GET"]),
         *api_routes,
     ]
     if mcp_app is not None:
