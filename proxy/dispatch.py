@@ -290,11 +290,10 @@ class Dispatch:
             admitted._done = True
             self.record_failure(target, index, error, admitted.started)
             await lease.release(None)
-            decision = self.budget.decide(error, attempt, remaining, target=target.label)
+            can_retry = target.breaker.state(self.runtime.clock()) is not BreakerState.OPEN
+            decision = self.budget.decide(error, attempt, remaining, target=target.label, can_retry=can_retry)
             if decision.mark_unhealthy:
                 target.breaker.record_failure(self.runtime.clock(), trip=True)
-            if decision.action is Action.RETRY and target.breaker.state(self.runtime.clock()) is BreakerState.OPEN:
-                decision = dataclasses.replace(decision, action=Action.FALLBACK, delay=0.0)  # its breaker just opened
             if decision.action is Action.RETRY:
                 self.retries += 1
                 await self.runtime.sleep(decision.delay)

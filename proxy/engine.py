@@ -127,7 +127,7 @@ class Engine:
         if not is_cacheable(request, when=when, bypass=bypass):
             return None, 0.0
         ttl = plan.model.cache.ttl if plan.model.cache.ttl is not None else settings.ttl
-        return cache_key(request, plan.model.name, template_version=template_version), ttl
+        return cache_key(request, plan.cache_scope or plan.model.name, template_version=template_version), ttl
 
     async def _cache_get(self, key: str) -> ChatResponse | None:
         try:
@@ -295,8 +295,13 @@ class Engine:
         return snapshot
 
     def swap(self, runtime: Runtime) -> Runtime:
-        """Serve new requests on `runtime`; returns the old one (in-flight requests finish on it)."""
+        """Serve new requests on `runtime`; returns the old one (in-flight requests finish on it; close it after).
+
+        Metrics of providers whose settings changed or that were removed start fresh; the cache needs nothing
+        (its keys carry each model's settings hash, so changed models simply miss)."""
         old, self.runtime = self.runtime, runtime
+        for name in set(old.config.providers) - runtime.unchanged:
+            self.metrics.reset_provider(name)
         self.loaded_at = datetime.now(UTC)
         return old
 
@@ -373,11 +378,13 @@ class EngineStream:
             await admitted.fail(exc)
             engine._record(dispatch, started, success=False, truncated=True)
             partial = assembler.response().text or ""
-            raise StreamInterrupted(
+            error = StreamInterrupted(
                 f"the stream from `{admitted.target.label}` broke after {len(partial)} characters of output: {exc}",
                 provider=admitted.target.provider,
                 partial_text=partial,
-            ) from exc
+            )
+            error.attempts = dispatch.attempts  # type: ignore[attr-defined]
+            raise error from exc
         except BaseException:  # the client went away (GeneratorExit, cancellation)
             await opened.aclose()
             await admitted.abandon()

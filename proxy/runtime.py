@@ -6,6 +6,9 @@
 - Breakers are per target (`provider/model`), shared by every model that routes to that target, with the
   provider's `breaker` settings. Rate limiters: one per provider (its `limits`), plus one per target entry that
   sets its own `limits`; a call needs both (`LimiterChain`).
+- A reload builds the new runtime with `previous=` the old one: providers whose settings (and `defaults`) did not
+  change are taken over with their connection pools, rate-limit buckets and breakers; models whose settings did not
+  change keep their router state. The old runtime then closes only the providers it still owns.
 - With `defaults.direct_models`, a request may name `provider/model` directly; such plans are built on first use
   and kept (bounded), sharing the provider's limiter and the target's breaker.
 - The retry policy is built once; each request opens its own budget from it.
@@ -18,16 +21,17 @@ A config reload builds a new Runtime aside and the engine swaps one reference; i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.model import Config, ModelConfig, PriceConfig, ProviderConfig, TargetConfig
+from proxy.config.model import Config, LimitsConfig, ModelConfig, PriceConfig, ProviderConfig, TargetConfig
 from proxy.errors import ConfigError, ConfigIssue, UnknownModel
 from proxy.policies.breaker import BreakerState, CircuitBreaker
-from proxy.policies.ratelimit import Limiter, LimiterChain
+from proxy.policies.ratelimit import Limiter, LimiterChain, NoLimiter
 from proxy.policies.retry import RetryPolicy
 from proxy.providers.base import BoundModel, Provider
 from proxy.providers.registry import build_provider
@@ -68,6 +72,7 @@ class ModelPlan:
     model: ModelConfig
     targets: tuple[PlannedTarget, ...]
     router: Router
+    cache_scope: str = ""  # the model's name plus a hash of its settings: part of the response-cache key
 
 
 def _price(provider: ProviderConfig, model: str) -> PriceConfig | None:
@@ -86,6 +91,7 @@ class Runtime:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        previous: Runtime | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
@@ -94,13 +100,26 @@ class Runtime:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.retry = RetryPolicy.from_config(config.retry, rng=self.rng, clock=clock)
+        self._owned = set(providers)  # providers this runtime closes (a reload hands kept ones to its successor)
+        self.unchanged: frozenset[str] = frozenset()  # providers whose settings equal the previous runtime's
+        if previous is not None:
+            self.unchanged = frozenset(
+                name
+                for name, cfg in config.providers.items()
+                if previous.config.providers.get(name) == cfg and previous.config.defaults == config.defaults
+            )
+        self._previous = previous
         self.limiters = {
-            name: Limiter.from_config(cfg.limits, name, clock=clock, sleep=sleep)
+            name: previous.limiters[name]
+            if previous is not None and name in self.unchanged
+            else Limiter.from_config(cfg.limits, name, clock=clock, sleep=sleep)
             for name, cfg in config.providers.items()
         }
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._target_limiters: dict[tuple[str, str, LimitsConfig], Limiter | NoLimiter] = {}
         self.plans: dict[str, ModelPlan] = {name: self._plan(model) for name, model in config.models.items()}
         self._direct: dict[str, ModelPlan] = {}
+        self._previous = None  # do not keep the old runtime alive
 
     @classmethod
     def build(
@@ -110,7 +129,10 @@ class Runtime:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        previous: Runtime | None = None,
     ) -> Runtime:
+        """Build everything `config` needs. With `previous` (a reload), providers whose settings did not change are
+        taken over with their connection pools, rate-limit buckets, breakers and routers' state."""
         templates = PromptTemplates.from_config(config)  # ConfigError when one cannot be built
         providers: dict[str, Provider] = {}
         issues: list[ConfigIssue] = []
@@ -118,29 +140,56 @@ class Runtime:
         for name, provider_config in config.providers.items():
             if not provider_config.enabled:
                 continue
+            if (
+                previous is not None
+                and name in previous.providers
+                and previous.config.providers.get(name) == provider_config
+                and previous.config.defaults == config.defaults
+            ):
+                providers[name] = previous.providers[name]
+                continue
             try:
                 providers[name] = build_provider(provider_config, default_max_tokens=config.defaults.max_tokens)
             except ValueError as exc:
                 issues.append(ConfigIssue(file, None, None, f"providers.{name}", str(exc), "semantic"))
-        if issues:
+        if issues:  # what was built holds nothing open yet: connection pools open on first use
             raise ConfigError(issues)
-        return cls(config, providers, templates=templates, clock=clock, sleep=sleep, rng=rng)
+        runtime = cls(config, providers, templates=templates, clock=clock, sleep=sleep, rng=rng, previous=previous)
+        if previous is not None:
+            for name, provider in providers.items():
+                if previous.providers.get(name) is provider:
+                    previous._owned.discard(name)
+        return runtime
 
     # --- building -----------------------------------------------------------------------------------------
 
     def _breaker(self, label: str, provider: ProviderConfig) -> CircuitBreaker:
         breaker = self.breakers.get(label)
         if breaker is None:
-            breaker = self.breakers[label] = CircuitBreaker.from_config(provider.breaker)
+            previous = self._previous
+            if previous is not None and provider.name in self.unchanged and label in previous.breakers:
+                breaker = previous.breakers[label]
+            else:
+                breaker = CircuitBreaker.from_config(provider.breaker)
+            self.breakers[label] = breaker
         return breaker
+
+    def _target_limiter(self, model_name: str, label: str, limits: LimitsConfig, provider: str) -> Limiter | NoLimiter:
+        key = (model_name, label, limits)
+        previous = self._previous
+        if previous is not None and provider in self.unchanged and key in previous._target_limiters:
+            limiter = previous._target_limiters[key]
+        else:
+            limiter = Limiter.from_config(limits, f"{model_name}:{label}", clock=self.clock, sleep=self.sleep)
+        self._target_limiters[key] = limiter
+        return limiter
 
     def _target(self, model_name: str, target: TargetConfig) -> PlannedTarget:
         provider_config = self.config.providers[target.provider]
         label = f"{target.provider}/{target.model}"
         limiters = [self.limiters[target.provider]]
         if target.limits is not None:
-            scope = f"{model_name}:{label}"
-            limiters.append(Limiter.from_config(target.limits, scope, clock=self.clock, sleep=self.sleep))
+            limiters.append(self._target_limiter(model_name, label, target.limits, target.provider))
         window = target.context_window or context_window_for(target.model)
         provider = self.providers.get(target.provider)
         bound = None
@@ -164,7 +213,17 @@ class Runtime:
 
     def _plan(self, model: ModelConfig) -> ModelPlan:
         targets = tuple(self._target(model.name, target) for target in model.targets)
-        return ModelPlan(model, targets, build_router(model, rng=self.rng, clock=self.clock))
+        router = build_router(model, rng=self.rng, clock=self.clock)
+        providers = {target.provider for target in model.targets}
+        previous = self._previous
+        old = previous.plans.get(model.name) if previous is not None else None
+        if old is not None and old.model == model and providers <= self.unchanged:
+            router.adopt_state(old.router)
+        # The cache scope changes whenever the model or a provider it routes to changes, so a reload never serves
+        # answers cached under different settings (secrets show as *** in the repr, so none enters the hash).
+        settings = repr((model, [self.config.providers[name] for name in sorted(providers)]))
+        scope = f"{model.name}@{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+        return ModelPlan(model, targets, router, scope)
 
     # --- lookups ------------------------------------------------------------------------------------------
 
@@ -220,5 +279,7 @@ class Runtime:
         return {"state": worst, "targets": targets}
 
     async def aclose(self) -> None:
-        for provider in self.providers.values():
-            await provider.aclose()
+        """Close the providers this runtime still owns (those a reload handed on stay open)."""
+        for name in sorted(self._owned):
+            await self.providers[name].aclose()
+        self._owned.clear()

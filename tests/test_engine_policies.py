@@ -213,12 +213,6 @@ async def test_a_breaker_opening_mid_retries_stops_the_retries_and_keeps_the_ups
     assert "circuit breaker" not in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine bug: when the breaker turns a retry into a fallback, the attempt record keeps the backoff the "
-    "retry would have slept (`delay` says 1.0 although nothing was slept)",
-)
 async def test_the_attempt_history_shows_no_backoff_when_the_breaker_stopped_the_retries(build, clock):
     engine, _ = build(
         {
@@ -521,12 +515,6 @@ async def test_a_clean_stream_is_stored_and_a_broken_one_never_is(build):
     assert len(providers["p"].calls) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine gap: the StreamInterrupted raised after the commit point carries no attempt history "
-    "(AllTargetsFailed and fail-fast errors do), so the client cannot see the retries that preceded the cut",
-)
 async def test_a_stream_cut_after_its_commit_point_reports_its_attempt_history(build):
     config = cache_config()
     config["providers"]["p"] = scripted(reply="one two three four", script=["503", "cut:2"])

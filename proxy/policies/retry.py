@@ -231,11 +231,20 @@ class RetryBudget:
         self._attempt_started = self._policy.clock()
 
     def decide(
-        self, error: ProxyError, attempts_on_target: int, remaining_targets: int, *, target: str = ""
+        self,
+        error: ProxyError,
+        attempts_on_target: int,
+        remaining_targets: int,
+        *,
+        target: str = "",
+        can_retry: bool = True,
     ) -> Decision:
         """What to do after `error` on a target tried `attempts_on_target` times so far (this one included),
-        with `remaining_targets` targets still untried after it. Records the attempt when `target` is given."""
+        with `remaining_targets` targets still untried after it. Records the attempt when `target` is given.
+        `can_retry=False` (e.g. the target's breaker just opened) turns a retry into a fallback."""
         decision = self._decide(error, attempts_on_target, remaining_targets)
+        if decision.action is Action.RETRY and not can_retry:
+            decision = Decision(Action.FALLBACK, 0.0, f"{error_label(error)}: its circuit breaker opened")
         if target:
             self._records.append(
                 AttemptRecord(
