@@ -1,7 +1,8 @@
 """What every HTTP endpoint shares: reading a JSON body safely, the two APIs' error shapes, and answer headers.
 
 - `read_json_object(request)` reads at most `MAX_BODY_BYTES` (413 beyond, without buffering the rest), refuses
-  a body that is not a JSON object (400 naming the problem and where), and never raises anything but `BodyError`.
+  a body that is not a JSON object (400 naming the problem and where; whatever the content type said, the body is
+  tried as JSON), and never raises anything but `BodyError`.
 - `openai_error(...)` / `anthropic_error(...)` build each API's error response with the right status and a
   `retry-after` header when the client should come back later; `error_for_path` picks the shape by URL.
 - `proxy_error_response(api, error)` maps a `ProxyError` (unknown model, rate limited, all targets failed, ...)
@@ -49,7 +50,7 @@ _ANTHROPIC_TYPES = {
 
 
 class BodyError(Exception):
-    """The request body is unusable; `status` is 400, 413 or 415."""
+    """The request body is unusable; `status` is 400 or 413."""
 
     def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -63,9 +64,11 @@ async def read_json_object(request: Request, *, max_bytes: int = MAX_BODY_BYTES)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BodyError(413, f"the request body is {declared} bytes; the limit is {max_bytes}")
+    # Any content type is parsed as JSON (`curl -d` sends form-urlencoded by default); it is only named when the
+    # body then turns out not to be JSON.
     content_type = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
-    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise BodyError(415, f"the body must be JSON (content-type application/json), not `{content_type}`")
+    json_type = content_type in ("", "application/json") or content_type.endswith("+json")
+    hint = "" if json_type else f" (it was sent as `{content_type}`; send JSON as application/json)"
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -82,9 +85,11 @@ async def read_json_object(request: Request, *, max_bytes: int = MAX_BODY_BYTES)
         raise BodyError(400, "the request body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno} column {exc.colno}"
-        raise BodyError(400, f"the request body is not valid JSON: {exc.msg} at {where}") from None
+        raise BodyError(400, f"the request body is not valid JSON: {exc.msg} at {where}{hint}") from None
     except RecursionError:
         raise BodyError(400, "the request body nests too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's int-parsing limit
+        raise BodyError(400, f"the request body is not usable JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BodyError(400, f"the request body must be a JSON object, not {type(value).__name__}")
     return value

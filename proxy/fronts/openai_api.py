@@ -4,7 +4,7 @@
 
 A request is read (`read_json_object`), validated (`openai_inbound.parse_chat_request`), answered by the engine and
 written back (`openai_outbound`). Every failure is an OpenAI-shaped error with the right status (`retry-after` on
-429s): a bad body is a 400/413/415 naming the field, an unknown model a 404, what the engine raises keeps its
+429s): a bad body is a 400/413 naming the field, an unknown model a 404, what the engine raises keeps its
 status (`proxy_error_response`).
 
 Streams: the response starts only once the engine's first chunk is ready, so anything that fails before (unknown
