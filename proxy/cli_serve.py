@@ -4,9 +4,10 @@
 
 The transport defaults to stdio when standard input is not a terminal (an MCP host started us), else http.
 `--host`/`--port` default to the config's `server.http`; `--port 0` takes any free port (the log line says which).
-Logs go to stderr, never stdout (stdout is the protocol on stdio), at the config's `telemetry.logs.level`.
-SIGTERM/SIGINT: stop accepting, let the calls in flight finish within `server.grace_period`, close the engine,
-exit 0. Exit 1 when the config is invalid or the server cannot start.
+The config file is watched and reloaded when it or its templates change (not with `--no-watch`), and on SIGHUP;
+MCP clients are told when the prompts changed. Logs go to stderr, never stdout (stdout is the protocol on stdio),
+at the config's `telemetry.logs.level`. SIGTERM/SIGINT: stop accepting, let the calls in flight finish within
+`server.grace_period`, close the engine, exit 0. Exit 1 when the config is invalid or the server cannot start.
 
 Everything MCP-, Starlette- or uvicorn-specific lives in `proxy.fronts`; this module only wires the command.
 """
@@ -15,15 +16,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
 
 from proxy.config.load import load_config
 from proxy.config.model import Config
 from proxy.errors import ConfigError, ProxyError
+
+if TYPE_CHECKING:
+    from proxy.reload import Reloader
 
 log = logging.getLogger("proxy.serve")
 
@@ -54,7 +64,7 @@ def add_serve_parser(
     serve.add_argument(
         "--no-watch",
         action="store_true",
-        help="do not reload the config when its files change (reloading arrives with hot reload)",
+        help="do not reload the config when it or its templates change (SIGHUP still reloads)",
     )
     return serve
 
@@ -100,33 +110,60 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(quiet, root.level))
 
 
-async def serve(config: Config, options: ServeOptions, **transport_options: object) -> None:
+async def _reload_on_sighup(
+    reloader: Reloader, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        task_status.started()
+        async for _ in signals:
+            await reloader.reload("SIGHUP")
+
+
+async def serve(config: Config, options: ServeOptions, **transport_options: Any) -> None:
     """Build the engine and the MCP front from `config` and serve until shutdown; the engine is closed after.
 
+    With a config file, a `Reloader` keeps it current: on every change of the file or its templates (unless
+    `options.watch` is false) and on SIGHUP; the front re-announces its prompts after each reload.
     `transport_options` go to `serve_stdio`/`serve_http` (tests pass `stop=`, `handle_signals=`, `on_ready=`).
     """
     from proxy.engine import Engine
     from proxy.fronts.mcp_server import McpFront
     from proxy.fronts.serve import serve_http, serve_stdio
+    from proxy.reload import Reloader
     from proxy.runtime import Runtime
 
     engine = Engine(Runtime.build(config))
+    reloader = Reloader(engine, config.path) if config.path is not None else None
+    stop_watching = asyncio.Event()
     try:
         front = McpFront(engine)
         grace = config.server.grace_period
-        if options.transport == "http":
-            tokens = [token.reveal() for token in config.server.bearer_tokens]
-            await serve_http(
-                front,
-                host=options.host,
-                port=options.port,
-                grace_period=grace,
-                bearer_tokens=tokens,
-                **transport_options,
-            )
-        else:
-            await serve_stdio(front, grace_period=grace, **transport_options)
+        async with anyio.create_task_group() as tasks:
+            if reloader is not None:
+                reloader.listeners.append(front.on_reload)
+                if options.watch:  # stopped by its event: the watcher's thread only checks that (within 20 ms)
+                    tasks.start_soon(functools.partial(reloader.watch, stop_event=stop_watching))
+                if transport_options.get("handle_signals", True):
+                    await tasks.start(_reload_on_sighup, reloader)
+            try:
+                if options.transport == "http":
+                    tokens = [token.reveal() for token in config.server.bearer_tokens]
+                    await serve_http(
+                        front,
+                        host=options.host,
+                        port=options.port,
+                        grace_period=grace,
+                        bearer_tokens=tokens,
+                        **transport_options,
+                    )
+                else:
+                    await serve_stdio(front, grace_period=grace, **transport_options)
+            finally:
+                stop_watching.set()
+                tasks.cancel_scope.cancel()
     finally:
+        if reloader is not None:
+            await reloader.aclose()
         await engine.aclose()
     log.info("stopped")
 
@@ -145,13 +182,13 @@ def run_serve(args: argparse.Namespace, config_path: str | None = None) -> int:
         return 1
     configure_logging(config.telemetry.logs.level)
     options = serve_options(args, config)
-    if not options.watch:
-        log.debug("--no-watch: the config is not watched")
+    code = 0
     try:
         asyncio.run(serve(config, options))
-    except ProxyError as exc:  # ConfigError from building the runtime, ServeError from listening
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a signal before the server installed its handlers
-        return 130
-    return 0
+    except* ProxyError as group:  # ConfigError from building the runtime, ServeError from listening
+        for error in group.exceptions:
+            print(f"error: {error}", file=sys.stderr)
+        code = 1
+    except* KeyboardInterrupt:  # a signal before the server installed its handlers
+        code = 130
+    return code

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,12 +25,13 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import PromptListChangedNotification
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from proxy.cli_serve import ServeOptions, add_serve_parser, run_serve, serve, serve_options
-from proxy.config import load_config_text
+from proxy.config import load_config, load_config_text
 from proxy.engine import Engine
 from proxy.fronts.mcp_server import McpFront
 from proxy.fronts.serve import serve_http
@@ -197,6 +198,77 @@ async def test_shutdown_closes_the_listener_and_lets_the_call_in_flight_finish(m
     assert not result.is_error and result.structured_content["text"] == WORDS
 
 
+RELOADED = CONFIG.replace(
+    "templates:\n", 'templates:\n  farewell: {text: "Bye {{ name }}", arguments: {name: {required: true}}}\n'
+)
+
+
+@asynccontextmanager
+async def prompt_changes(client: Client, mode: str, legacy: anyio.Event) -> AsyncIterator[anyio.Event]:
+    """An event set when `client` hears that the prompt list changed: through `subscriptions/listen` on 2026-07-28,
+    through the notification (`legacy`, set by the handler of `changes_handler`) on the handshake era."""
+    if mode == "legacy":
+        yield legacy
+        return
+    changed = anyio.Event()
+    async with client.listen(prompts_list_changed=True) as subscription, anyio.create_task_group() as tasks:
+
+        async def wait_for_event() -> None:
+            async for _ in subscription:
+                changed.set()
+                return
+
+        tasks.start_soon(wait_for_event)
+        yield changed
+        tasks.cancel_scope.cancel()
+
+
+def changes_handler() -> tuple[anyio.Event, Callable[..., Awaitable[None]]]:
+    changed = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, PromptListChangedNotification):
+            changed.set()
+
+    return changed, on_message
+
+
+async def until_changed(changed: anyio.Event, change: Callable[[], object], within: float = 15) -> None:
+    """Make `change` until `changed` is set: the file watcher starts a moment after the server listens, so a first
+    write can go unseen; writing the same content again is harmless (an unchanged file is not reloaded)."""
+    with anyio.fail_after(within):
+        while not changed.is_set():
+            change()
+            with anyio.move_on_after(0.5):
+                await changed.wait()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_editing_the_config_file_reloads_and_announces_the_new_prompts(tmp_path, mode):
+    path = tmp_path / "proxy.yaml"
+    path.write_text(CONFIG, encoding="utf-8")
+    stop, ready = anyio.Event(), anyio.Event()
+    urls: list[str] = []
+    legacy_changed, on_message = changes_handler()
+
+    def on_ready(url: str) -> None:
+        urls.append(url)
+        ready.set()
+
+    options = ServeOptions("http", "127.0.0.1", 0, watch=True)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(lambda: serve(load_config(path), options, stop=stop, handle_signals=False, on_ready=on_ready))
+        with anyio.fail_after(10):
+            await ready.wait()
+        async with Client(urls[0], mode=mode, message_handler=on_message) as client:
+            assert [p.name for p in (await client.list_prompts()).prompts] == ["greet"]
+            async with prompt_changes(client, mode, legacy_changed) as changed:
+                await until_changed(changed, lambda: path.write_text(RELOADED, encoding="utf-8"))
+            prompts = (await client.list_prompts(cache_mode="refresh")).prompts
+            assert [p.name for p in prompts] == ["farewell", "greet"]
+        stop.set()
+
+
 # --- HTTP, a real process stopped with SIGTERM ------------------------------------------------------------------
 
 SERVE_SCRIPT = textwrap.dedent(
@@ -252,6 +324,41 @@ async def test_sigterm_lets_the_streaming_call_finish_then_exits_0(tmp_path, mod
     assert result.structured_content["text"] == WORDS
     assert code == 0, log
     assert "SIGTERM: shutting down" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sighup_reloads_the_config_even_without_watching(tmp_path, mode):
+    config = tmp_path / "proxy.yaml"
+    config.write_text(CONFIG, encoding="utf-8")
+    command = [sys.executable, "-c", SERVE_SCRIPT, "--config", str(config), "serve", "--transport", "http"]
+    stderr: list[str] = []
+    legacy_changed, on_message = changes_handler()
+    async with await anyio.open_process([*command, "--port", "0", "--no-watch"]) as process:
+
+        async def read_stderr() -> None:
+            async for text in TextReceiveStream(process.stderr):
+                stderr.append(text)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read_stderr)
+            marker = "MCP over streamable HTTP at "
+            await eventually(lambda: marker in "".join(stderr), within=20)
+            url = "".join(stderr).split(marker)[1].split()[0]
+            async with Client(url, mode=mode, message_handler=on_message) as client:
+                assert [p.name for p in (await client.list_prompts()).prompts] == ["greet"]
+                async with prompt_changes(client, mode, legacy_changed) as changed:
+                    config.write_text(RELOADED, encoding="utf-8")
+                    process.send_signal(signal.SIGHUP)
+                    with anyio.fail_after(10):
+                        await changed.wait()
+                prompts = (await client.list_prompts(cache_mode="refresh")).prompts
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(20):
+                code = await process.wait()
+    log = "".join(stderr)
+    assert [p.name for p in prompts] == ["farewell", "greet"]
+    assert code == 0, log
+    assert "config reloaded (SIGHUP)" in log and "watching" not in log
 
 
 # --- stdio, a real process --------------------------------------------------------------------------------------

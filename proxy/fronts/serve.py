@@ -31,6 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
+import anyio.abc
 import uvicorn
 from mcp.server.stdio import stdio_server
 from sse_starlette.sse import AppStatus
@@ -140,8 +141,9 @@ class _Shutdown:
         self.stop = stop or anyio.Event()
         self.drain_scope = anyio.CancelScope()
 
-    async def watch_signals(self) -> None:
+    async def watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()  # handlers installed: from now on a signal drains instead of killing
             async for signum in signals:
                 if self.stop.is_set():
                     log.warning("second %s: not waiting for the calls in flight", signal.Signals(signum).name)
@@ -235,7 +237,7 @@ async def serve_http(
     try:
         async with anyio.create_task_group() as tasks:
             if handle_signals:
-                tasks.start_soon(shutdown.watch_signals)
+                await tasks.start(shutdown.watch_signals)
             tasks.start_soon(stop_when_asked)
             await server.serve(sockets=[sock])
             tasks.cancel_scope.cancel()
@@ -298,9 +300,9 @@ async def serve_stdio(
                 await _run_stdio(front)
             tasks.cancel_scope.cancel()  # stdin closed (or the drain ended): stop waiting for a signal
 
-        tasks.start_soon(run)
         if handle_signals:
-            tasks.start_soon(shutdown.watch_signals)
+            await tasks.start(shutdown.watch_signals)
+        tasks.start_soon(run)
         log.info("MCP over stdio")
         await shutdown.stop.wait()
         await shutdown.drain(front, grace_period)
