@@ -4,6 +4,7 @@
     llm-proxy schema [--format json|markdown]            print the config JSON Schema / reference
     llm-proxy complete [--model NAME] [--stream] [--system TEXT] PROMPT
     llm-proxy render TEMPLATE [--arg KEY=VALUE ...] [--format text|json]
+    llm-proxy serve [--transport stdio|http] [--host H] [--port P] [--no-watch]
     llm-proxy --version
 
 The config comes from `--config PATH` (accepted before or after the subcommand), else `$LLM_PROXY_CONFIG`,
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli_render import add_parser as add_render
 
     add_render(commands, _config_option)
+    from proxy.cli_serve import add_serve_parser
+
+    add_serve_parser(commands, _config_option)
     return parser
 
 
@@ -129,12 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from proxy.cli_complete import cmd_complete
     from proxy.cli_render import cmd_render
+    from proxy.cli_serve import run_serve
 
     handlers = {
         "validate": cmd_validate,
         "schema": cmd_schema,
         "complete": lambda a: cmd_complete(a, config_path(a)),
         "render": lambda a: cmd_render(a, config_path(a)),
+        "serve": lambda a: run_serve(a, config_path(a)),
     }
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -147,14 +147,8 @@ async def serve(config: Config, options: ServeOptions, **transport_options: Any)
                     await tasks.start(_reload_on_sighup, reloader)
             try:
                 if options.transport == "http":
-                    tokens = [token.reveal() for token in config.server.bearer_tokens]
                     await serve_http(
-                        front,
-                        host=options.host,
-                        port=options.port,
-                        grace_period=grace,
-                        bearer_tokens=tokens,
-                        **transport_options,
+                        front, host=options.host, port=options.port, grace_period=grace, **transport_options
                     )
                 else:
                     await serve_stdio(front, grace_period=grace, **transport_options)

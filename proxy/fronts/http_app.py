@@ -99,6 +99,7 @@ class ProxyMiddleware:
                 "with one of the tokens in `server.auth.bearer_tokens`"
             )
             response = error_for_path(path, 401, message, code="invalid_api_key")
+            response.headers["www-authenticate"] = "Bearer"
             await response(scope, receive, send_with_id)
             return
         await self.app(scope, receive, send_with_id)

@@ -12,8 +12,8 @@ their responses be written, `RequestCounter`), then stop. A second signal skips 
 replaces uvicorn's own signal handling, and sse-starlette's automatic drain (which would cut handshake-era calls in
 flight the moment SIGTERM arrives, MCP_SDK.md §8b) is turned off: SSE streams are ended only after the drain.
 
-`build_http_app`'s `bearer_tokens` (the config's `server.auth.bearer_tokens`) guard every route but `/healthz` and
-`/readyz` (`BearerAuth`).
+`build_http_app` is the proxy's whole HTTP app; its `ProxyMiddleware` guards every route but `/healthz` and `/readyz`
+with the config's `server.auth.bearer_tokens`.
 Closing the engine is the caller's job (it opened it). Logs go to the `logging` module, never to stdout.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import signal
@@ -36,8 +35,7 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import ProxyError
@@ -52,28 +50,6 @@ FLUSH_TIMEOUT = 3.0  # after the drain: how long uvicorn waits for responses to 
 
 class ServeError(ProxyError):
     """The server cannot start (e.g. the address is in use)."""
-
-
-class BearerAuth:
-    """ASGI middleware: every HTTP request but `OPEN_PATHS` needs `Authorization: Bearer <one of tokens>`."""
-
-    def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
-        self.app = app
-        self._tokens = [token.encode() for token in tokens if token]
-
-    def _authorized(self, scope: Scope) -> bool:
-        header = dict(scope.get("headers") or ()).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            return False
-        return any(hmac.compare_digest(token.strip(), known) for known in self._tokens)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._tokens or scope["path"] in OPEN_PATHS or self._authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        body = {"error": {"type": "unauthorized", "message": "a valid `Authorization: Bearer <token>` is required"}}
-        await JSONResponse(body, status_code=401, headers={"www-authenticate": "Bearer"})(scope, receive, send)
 
 
 def mcp_http_app(
@@ -95,16 +71,16 @@ def mcp_http_app(
     return app, lifespan
 
 
-def build_http_app(
-    front: McpFront, *, host: str = "127.0.0.1", routes: Sequence[BaseRoute] = (), bearer_tokens: Sequence[str] = ()
-) -> Starlette:
-    """A Starlette app serving `routes` and the MCP endpoint at `/mcp` (mounted last: it matches everything),
-    guarded by `bearer_tokens` when there are any."""
+def build_http_app(front: McpFront, *, host: str = "127.0.0.1", routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The proxy's whole HTTP app (proxy/fronts/http_app.py): the OpenAI and Anthropic APIs, probes, `/v1/models`,
+    `/metrics`, any extra `routes`, and the MCP endpoint at `/mcp` (mounted last: it matches everything); auth and
+    request ids come from `ProxyMiddleware`, which reads the bearer tokens from the current config."""
+    from proxy.fronts import anthropic_api, openai_api
+    from proxy.fronts.http_app import build_app
+
     mcp_app, lifespan = mcp_http_app(front, host=host)
-    app = Starlette(lifespan=lifespan, routes=[*routes, Mount("/", app=mcp_app)])
-    if bearer_tokens:
-        app.add_middleware(BearerAuth, tokens=list(bearer_tokens))
-    return app
+    api_routes = [*openai_api.routes, *anthropic_api.routes, *routes]
+    return build_app(front.engine, api_routes=api_routes, mcp_app=mcp_app, lifespan=lifespan)
 
 
 class RequestCounter:
@@ -196,12 +172,11 @@ async def serve_http(
     grace_period: float,
     app: ASGIApp | None = None,
     routes: Sequence[BaseRoute] = (),
-    bearer_tokens: Sequence[str] = (),
     stop: anyio.Event | None = None,
     handle_signals: bool = True,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve `app` (default: `build_http_app(front, routes=..., bearer_tokens=...)`) on host:port until a signal
+    """Serve `app` (default: `build_http_app(front, routes=...)`) on host:port until a signal
     (or `stop`), then shut down gracefully. An `app` of your own must mount `mcp_http_app(front)` and run its
     lifespan.
 
@@ -211,7 +186,7 @@ async def serve_http(
     bound_port = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}{MCP_PATH}"
     if app is None:
-        app = build_http_app(front, host=host, routes=routes, bearer_tokens=bearer_tokens)
+        app = build_http_app(front, host=host, routes=routes)
     requests = RequestCounter(app)
     config = uvicorn.Config(
         requests, log_config=None, lifespan="on", timeout_graceful_shutdown=FLUSH_TIMEOUT, access_log=False
