@@ -98,6 +98,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.cache = cache if cache is not None else build_cache(runtime.config.cache, clock=runtime.clock)
         self.loaded_at = datetime.now(UTC)
+        self.reload_error: str | None = None  # the last rejected reload's problems (`file:line:col: ...`), if any
         self._inflight: dict[str, asyncio.Future[ChatResponse]] = {}
 
     # --- preparing ----------------------------------------------------------------------------------------
@@ -253,6 +254,7 @@ class Engine:
             "version": config.version_hash,
             "loaded_at": self.loaded_at.isoformat(timespec="seconds"),
             "path": str(config.path) if config.path else None,
+            "last_reload_error": self.reload_error,
         }
 
     async def list_providers(self, include_metrics: bool = False) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ class Reloader:
             except ConfigError as exc:
                 return self._reject(exc, reason)
             old = self.engine.swap(runtime)
-            self.last_error = None
+            self.last_error = self.engine.reload_error = None
             self.last_duration_ms = (time.perf_counter() - started) * 1000
             self.engine.metrics.record_reload(True, version=config.version_hash)
             fresh = sorted(set(config.providers) - runtime.unchanged)
@@ -117,7 +117,7 @@ class Reloader:
         text = str(error)
         if text != self.last_error:  # logged once per distinct problem, not on every event
             log.error("config reload (%s) rejected; still serving version %s:\n%s", reason, self._version(), text)
-        self.last_error = text
+        self.last_error = self.engine.reload_error = text
         self.engine.metrics.record_reload(False, version=self._version(), detail=f"{len(error.issues)} problem(s)")
         return False
 
@@ -143,7 +143,10 @@ class Reloader:
             *paths, debounce=debounce_ms, step=20, stop_event=stop_event, recursive=True, force_polling=False
         ):
             if any(self.is_relevant(Path(path)) for _, path in changes):
-                await self.reload("file change")
+                try:
+                    await self.reload("file change")
+                except Exception:  # a bug must not stop the watching (nor the server): log it, keep serving
+                    log.exception("config reload failed unexpectedly; still serving version %s", self._version())
 
     async def aclose(self) -> None:
         """Close the old runtimes still waiting out their grace period now (at shutdown)."""

@@ -70,13 +70,14 @@ async def test_a_valid_edit_is_applied_and_an_invalid_one_changes_nothing(reload
     assert await reloader.reload() is False
     assert await answer(engine) == "two"
     assert "proxy.yaml:6:" in reloader.last_error and "unknown provider `nope`" in reloader.last_error
+    assert engine.config_info()["last_reload_error"] == reloader.last_error  # what /readyz and list_providers show
     reloads = engine.metrics_snapshot()["reloads"]
     assert reloads["ok"] == 1 and reloads["rejected"] == 1
     path.unlink()
     assert await reloader.reload() is False  # a deleted file is rejected too
     path.write_text(CONFIG.format(reply="three"))
     assert await reloader.reload() is True and await answer(engine) == "three"
-    assert reloader.last_error is None
+    assert reloader.last_error is None and engine.config_info()["last_reload_error"] is None
     assert await reloader.reload() is False  # unchanged content: nothing to do
 
 
