@@ -150,7 +150,15 @@ class Engine:
         self.metrics.record_cache(True, (usage.input_tokens + usage.output_tokens) if usage else 0)
         latency = runtime.clock() - started
         self.metrics.record_request(route, success=True, cached=True, latency_s=latency, stream=stream)
-        return dataclasses.replace(hit, route=route, cached=True, cost=0.0, attempts=(), latency_ms=latency * 1000)
+        return dataclasses.replace(
+            hit,
+            route=route,
+            cached=True,
+            cost=0.0,
+            attempts=(),
+            latency_ms=latency * 1000,
+            config_version=runtime.config.version_hash,
+        )
 
     def _finish(
         self, response: ChatResponse, admitted: Admitted, dispatch: Dispatch, cost: float, started: float
@@ -165,6 +173,7 @@ class Engine:
             cost=cost,
             attempts=dispatch.attempts,
             latency_ms=(dispatch.runtime.clock() - started) * 1000,
+            config_version=dispatch.runtime.config.version_hash,
         )
 
     def _record(self, dispatch: Dispatch, started: float, *, success: bool, truncated: bool = False) -> None:

@@ -162,6 +162,7 @@ class ChatResponse:
     cached: bool = False  # served from the response cache (no upstream call was made)
     cost: float = 0.0  # USD, from the answering provider's `pricing` (0 when unpriced or cached)
     attempts: tuple[Attempt, ...] = ()  # every upstream attempt in order, the answering one last
+    config_version: str = ""  # the version (content hash) of the config the request was served on
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ async def test_probes_need_no_token_and_show_no_secret(served):
     async with session.get("/healthz") as response:
         assert response.status == 200 and (await response.json()) == {"status": "ok"}
         assert response.headers["x-request-id"].startswith("req_")
+        assert response.headers["x-llm-proxy-config-version"] == engine.runtime.config.version_hash
     async with session.get("/readyz") as response:
         body = await response.json()
         assert response.status == 200 and body["status"] == "ready"

@@ -56,6 +56,7 @@ async def test_a_broken_template_in_a_reload_is_rejected_and_the_prompts_keep_se
             assert rendered.messages[-1].content.text == "Hello Ada"
             result = await client.call_tool("complete_template", {"template": "greet", "arguments": {"name": "Bo"}})
             assert not result.is_error and "Hello Bo" in result.content[0].text
+            assert result.structured_content["config_version"] == engine.runtime.config.version_hash
     finally:
         await reloader.aclose()
         await engine.aclose()

@@ -3,7 +3,7 @@
 
 `ProxyMiddleware` (pure ASGI, so streaming bodies pass through untouched) runs around every route:
 - a request id on every response (`x-request-id`: the client's when it sent a sane one, else a new one), kept in
-  `scope["state"]["request_id"]` for the handlers;
+  `scope["state"]["request_id"]` for the handlers, and the served config's version (`x-llm-proxy-config-version`);
 - auth: when `server.auth.bearer_tokens` is set, everything but `/healthz` and `/readyz` needs one of the tokens, as
   `Authorization: Bearer <token>` or (Anthropic clients) `x-api-key: <token>`; compared in constant time; a 401 in
   the API's error shape otherwise. The tokens are read from the engine's current config on every request, so a
@@ -79,11 +79,13 @@ class ProxyMiddleware:
         request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
         raw_id = request_id.encode()
+        version = self.engine.runtime.config.version_hash.encode()  # the config this request starts on
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", ()) if k != b"x-request-id"]
                 headers.append((b"x-request-id", raw_id))
+                headers.append((b"x-llm-proxy-config-version", version))
                 message["headers"] = headers
             await send(message)
 

@@ -65,6 +65,7 @@ class Completion(BaseModel):
     cached: bool = Field(description="Served from the proxy's response cache (no upstream call)")
     attempts: list[AttemptInfo] = Field(description="Every upstream attempt in order; the answering one last")
     latency_ms: float = Field(description="Time the proxy took, in milliseconds")
+    config_version: str = Field(description="Version (content hash) of the proxy config that served the request")
 
 
 class ConfigInfo(BaseModel):
@@ -135,6 +136,7 @@ def completion_result(response: ChatResponse) -> CallToolResult:
         cached=response.cached,
         attempts=[AttemptInfo.model_validate(attempt.as_dict()) for attempt in response.attempts],
         latency_ms=round(response.latency_ms, 3),
+        config_version=response.config_version,
     )
     return CallToolResult(
         content=[TextContent(type="text", text=completion.text)],
