@@ -96,7 +96,9 @@ class Engine:
     def __init__(self, runtime: Runtime, *, metrics: Metrics | None = None, cache: ResponseCache | None = None) -> None:
         self.runtime = runtime
         self.metrics = metrics or Metrics()
-        self.cache = cache if cache is not None else build_cache(runtime.config.cache, clock=runtime.clock)
+        if cache is None:
+            cache = build_cache(runtime.config.cache, state=runtime.config.state, clock=runtime.clock)
+        self.cache = cache
         self.loaded_at = datetime.now(UTC)
         self.reload_error: str | None = None  # the last rejected reload's problems (`file:line:col: ...`), if any
         self._inflight: dict[str, asyncio.Future[ChatResponse]] = {}

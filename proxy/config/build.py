@@ -234,6 +234,8 @@ def build_config(
             http=HttpServerConfig(
                 host=server.get("http", {}).get("host", "127.0.0.1"),
                 port=server.get("http", {}).get("port", 8085),
+                allowed_hosts=tuple(server.get("http", {}).get("allowed_hosts", ())),
+                allowed_origins=tuple(server.get("http", {}).get("allowed_origins", ())),
             ),
             bearer_tokens=tuple(Secret(t) for t in server.get("auth", {}).get("bearer_tokens", [])),
             grace_period=_seconds(server, "grace_period", 10.0),

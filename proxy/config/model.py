@@ -215,6 +215,8 @@ class TemplateConfig:
 class HttpServerConfig:
     host: str = "127.0.0.1"
     port: int = 8085
+    allowed_hosts: tuple[str, ...] = ()  # DNS-rebinding protection of /mcp; empty: the SDK's default for `host`
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

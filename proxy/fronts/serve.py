@@ -33,6 +33,7 @@ import anyio
 import anyio.abc
 import uvicorn
 from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -52,16 +53,37 @@ class ServeError(ProxyError):
     """The server cannot start (e.g. the address is in use)."""
 
 
+LOCAL_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+LOCAL_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+
+
+def transport_security(
+    host: str, allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()
+) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection for `/mcp`. None (the SDK's default) when nothing is configured: on a loopback
+    bind only local `Host`/`Origin` values pass, on any other bind every value passes. With `allowed_hosts` or
+    `allowed_origins` (`server.http` in the config), exactly those pass, plus the local ones on a loopback bind."""
+    if not allowed_hosts and not allowed_origins:
+        return None
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[*allowed_hosts, *(LOCAL_HOSTS if loopback else ())],
+        allowed_origins=[*allowed_origins, *(LOCAL_ORIGINS if loopback else ())],
+    )
+
+
 def mcp_http_app(
-    front: McpFront, *, host: str = "127.0.0.1"
+    front: McpFront, *, host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()
 ) -> tuple[ASGIApp, Callable[[Starlette], AbstractAsyncContextManager[None]]]:
     """The SDK's streamable HTTP app for `front` (it serves `/mcp`) and the lifespan the enclosing Starlette app
     must run (a mounted app's own lifespan never runs, and its session manager must).
 
-    `host` is the bind address: on a loopback address the SDK's DNS-rebinding protection accepts only local
-    `Host` headers; on any other it accepts every Host (the proxy then sits behind a Service or a load balancer).
+    `host` is the bind address; `allowed_hosts`/`allowed_origins` configure the DNS-rebinding protection
+    (`transport_security`). They are read once at start: changing them needs a restart.
     """
-    app = front.server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    security = transport_security(host, allowed_hosts, allowed_origins)
+    app = front.server.streamable_http_app(streamable_http_path=MCP_PATH, host=host, transport_security=security)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -78,7 +100,10 @@ def build_http_app(front: McpFront, *, host: str = "127.0.0.1", routes: Sequence
     from proxy.fronts import anthropic_api, openai_api
     from proxy.fronts.http_app import build_app
 
-    mcp_app, lifespan = mcp_http_app(front, host=host)
+    http = front.engine.runtime.config.server.http
+    mcp_app, lifespan = mcp_http_app(
+        front, host=host, allowed_hosts=http.allowed_hosts, allowed_origins=http.allowed_origins
+    )
     api_routes = [*openai_api.routes, *anthropic_api.routes, *routes]
     return build_app(front.engine, api_routes=api_routes, mcp_app=mcp_app, lifespan=lifespan)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from proxy.config.model import CacheConfig
+from proxy.config.model import CacheConfig, StateConfig
 from proxy.types import (
     ChatRequest,
     ChatResponse,
@@ -258,7 +258,9 @@ class NullCache:
         return None
 
 
-def build_cache(config: CacheConfig, *, clock: Callable[[], float] = time.monotonic) -> ResponseCache:
+def build_cache(
+    config: CacheConfig, *, state: StateConfig | None = None, clock: Callable[[], float] = time.monotonic
+) -> ResponseCache:
     """The backend `config.backend` names. `redis` is not built yet (a later issue) and raises `NotImplementedError`."""
     if config.backend == "memory":
         return MemoryCache(config.max_entries, clock=clock)
