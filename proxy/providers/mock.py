@@ -118,7 +118,7 @@ class MockProvider(Provider):
         if fault.timeout:
             await asyncio.sleep(self._first_token_timeout)
             raise UpstreamTimeout(
-                f"{self.name}: no reply within {self._first_token_timeout:g}s (mock fault)",
+                f"no reply within {self._first_token_timeout:g}s (mock fault)",
                 provider=self.name,
                 phase="first_token",
             )
@@ -128,21 +128,17 @@ class MockProvider(Provider):
     def _status_error(self, fault: MockFault, model: str) -> UpstreamError:
         status = fault.status if fault.status is not None else 500
         message = fault.message or f"mock fault: HTTP {status} from `{model}`"
-        return error_for_status(status)(
-            f"{self.name}: {message}", provider=self.name, status=status, retry_after=fault.retry_after
-        )
+        return error_for_status(status)(message, provider=self.name, status=status, retry_after=fault.retry_after)
 
     def _mid_reply_error(
         self, fault: MockFault, sent: int, partial_text: str, *, at_end: bool = False
     ) -> UpstreamError | None:
         """The error that strikes after `sent` text chunks, if any (at the end, a count past the reply strikes)."""
         if fault.malformed_after is not None and (at_end or sent >= fault.malformed_after):
-            return UpstreamProtocolError(
-                f"{self.name}: malformed chunk after {sent} chunks (mock fault)", provider=self.name
-            )
+            return UpstreamProtocolError(f"malformed chunk after {sent} chunks (mock fault)", provider=self.name)
         if fault.cut_after is not None and (at_end or sent >= fault.cut_after):
             return StreamInterrupted(
-                f"{self.name}: the stream broke off after {sent} chunks (mock fault)",
+                f"the stream broke off after {sent} chunks (mock fault)",
                 provider=self.name,
                 partial_text=partial_text,
             )
@@ -159,8 +155,8 @@ class MockProvider(Provider):
             await asyncio.sleep(self._cfg.latency)
         if fault is not None:
             if fault.malformed_after is not None:
-                raise UpstreamProtocolError(f"{self.name}: malformed reply (mock fault)", provider=self.name)
-            raise UpstreamConnectError(f"{self.name}: connection dropped mid-reply (mock fault)", provider=self.name)
+                raise UpstreamProtocolError("malformed reply (mock fault)", provider=self.name)
+            raise UpstreamConnectError("connection dropped mid-reply (mock fault)", provider=self.name)
         text, finish_reason = self._reply_text(request, index)
         return ChatResponse(
             text=text,
