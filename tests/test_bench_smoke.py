@@ -1,0 +1,50 @@
+"""The benchmark's smoke mode (`bench/run.py --quick`) runs end to end, so the harness cannot rot unnoticed.
+
+It starts the fake upstream, the forwarder and the proxy on free ports, checks every column's answers (a plain
+and a streamed request each, MCP's `complete_chat` and a cache hit included), measures each for a fraction of a
+second with the Python load generator, and prints the table. Nothing here asserts a timing: CI machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+COLUMNS = ["upstream", "forwarder", "proxy openai", "proxy mcp", "proxy cache"]
+
+
+def test_quick_benchmark_measures_every_column(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--client", "python", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert any(line.split() == " ".join(COLUMNS).split() for line in run.stdout.splitlines()), run.stdout
+    assert "targets (proxy openai unless named):" in run.stdout
+    results = json.loads(out.read_text())["columns"]
+    assert list(results) == COLUMNS
+    for name, r in results.items():
+        assert r["rps16"] > 0 and r["rps64"] > 0, name
+        assert r["c1_p50"] > 0 and r["c1_p99"] >= r["c1_p50"], name
+        assert 0 < r["ttfb_p50"] <= r["stream_p50"], name
+        assert r["rss_peak"] > 0 and r["cpu_ms"] >= 0, name
+        assert not any(v for k, v in r.items() if k.endswith("errors")), (name, r)
+
+
+def test_percentile_is_nearest_rank():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from client import percentile
+    finally:
+        sys.path.remove(str(BENCH))
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([], 50) == 0.0
