@@ -9,6 +9,12 @@
 - A reload builds the new runtime with `previous=` the old one: providers whose settings (and `defaults`) did not
   change are taken over with their connection pools, rate-limit buckets and breakers; models whose settings did not
   change keep their router state. The old runtime then closes only the providers it still owns.
+- Shared state (`state.backend: redis`): limiters are `RedisLimiter`s (limits marked `per_worker` stay in memory)
+  and breakers `SharedBreaker`s over one `RedisState` (`self.state`), which a reload with the same `state:` takes
+  over (limiters and breakers too, as above); a changed `state:` builds everything afresh, and the old runtime
+  closes the old connection. Redis keys are named by scope, so shared buckets outlive reloads and restarts.
+  The runtime's default clock is per host, so shared limits then read Redis's `TIME`; a clock injected for tests
+  is used as the shared time base instead.
 - With `defaults.direct_models`, a request may name `provider/model` directly; such plans are built on first use
   and kept (bounded), sharing the provider's limiter and the target's breaker.
 - The retry policy is built once; each request opens its own budget from it.
@@ -28,10 +34,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.model import Config, LimitsConfig, ModelConfig, PriceConfig, ProviderConfig, TargetConfig
+from proxy.config.model import (
+    BreakerConfig,
+    Config,
+    LimitsConfig,
+    ModelConfig,
+    PriceConfig,
+    ProviderConfig,
+    StateConfig,
+    TargetConfig,
+)
 from proxy.errors import ConfigError, ConfigIssue, UnknownModel
 from proxy.policies.breaker import BreakerState, CircuitBreaker
-from proxy.policies.ratelimit import Limiter, LimiterChain, NoLimiter
+from proxy.policies.ratelimit import Limiter, LimiterChain, RateLimiter
+from proxy.policies.redis_breaker import SharedBreaker
+from proxy.policies.redis_ratelimit import RedisLimiter
+from proxy.policies.redis_state import RedisState
 from proxy.policies.retry import RetryPolicy
 from proxy.providers.base import BoundModel, Provider
 from proxy.providers.registry import build_provider
@@ -43,6 +61,11 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 MAX_DIRECT_PLANS = 1024  # distinct `provider/model` names kept; beyond that a plan is built per request
+
+
+def _same_state(old: StateConfig, new: StateConfig) -> bool:
+    """Whether buckets and breakers can be carried over: the same store (any two memory settings are)."""
+    return old == new or (old.backend == new.backend == "memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +132,28 @@ class Runtime:
                 if previous.config.providers.get(name) == cfg and previous.config.defaults == config.defaults
             )
         self._previous = previous
+        carry = previous is not None and _same_state(previous.config.state, config.state)
+        self._carried = self.unchanged if carry else frozenset()  # providers whose limiters/breakers are kept
+        self.state: RedisState | None = None
+        if config.state.backend == "redis":
+            if carry and previous is not None and previous.state is not None:
+                self.state = previous.state
+            else:
+                self.state = RedisState(config.state, clock=clock)
+        self._owns_state = self.state is not None  # closed by `aclose` unless a later runtime takes it over
         self.limiters = {
             name: previous.limiters[name]
-            if previous is not None and name in self.unchanged
-            else Limiter.from_config(cfg.limits, name, clock=clock, sleep=sleep)
+            if previous is not None and name in self._carried
+            else self._limiter(cfg.limits, name)
             for name, cfg in config.providers.items()
         }
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._target_limiters: dict[tuple[str, str, LimitsConfig], Limiter | NoLimiter] = {}
+        self._target_limiters: dict[tuple[str, str, LimitsConfig], RateLimiter] = {}
         self.plans: dict[str, ModelPlan] = {name: self._plan(model) for name, model in config.models.items()}
         self._direct: dict[str, ModelPlan] = {}
         self._previous = None  # do not keep the old runtime alive
+        if previous is not None and self.state is not None and previous.state is self.state:
+            previous._owns_state = False  # handed on: the old runtime must not close it
 
     @classmethod
     def build(
@@ -163,24 +197,36 @@ class Runtime:
 
     # --- building -----------------------------------------------------------------------------------------
 
+    def _limiter(self, limits: LimitsConfig, scope: str) -> RateLimiter:
+        """In Redis when the state is shared and the limits are not `per_worker`; in memory otherwise."""
+        if self.state is None or limits.per_worker:
+            return Limiter.from_config(limits, scope, clock=self.clock, sleep=self.sleep)
+        shared_clock = None if self.clock is time.monotonic else self.clock
+        return RedisLimiter.from_config(limits, scope, self.state, clock=shared_clock, sleep=self.sleep)
+
+    def _new_breaker(self, label: str, config: BreakerConfig) -> CircuitBreaker:
+        if self.state is None:
+            return CircuitBreaker.from_config(config)
+        return SharedBreaker.from_config(config, label, self.state, clock=self.clock)
+
     def _breaker(self, label: str, provider: ProviderConfig) -> CircuitBreaker:
         breaker = self.breakers.get(label)
         if breaker is None:
             previous = self._previous
-            if previous is not None and provider.name in self.unchanged and label in previous.breakers:
+            if previous is not None and provider.name in self._carried and label in previous.breakers:
                 breaker = previous.breakers[label]
             else:
-                breaker = CircuitBreaker.from_config(provider.breaker)
+                breaker = self._new_breaker(label, provider.breaker)
             self.breakers[label] = breaker
         return breaker
 
-    def _target_limiter(self, model_name: str, label: str, limits: LimitsConfig, provider: str) -> Limiter | NoLimiter:
+    def _target_limiter(self, model_name: str, label: str, limits: LimitsConfig, provider: str) -> RateLimiter:
         key = (model_name, label, limits)
         previous = self._previous
-        if previous is not None and provider in self.unchanged and key in previous._target_limiters:
+        if previous is not None and provider in self._carried and key in previous._target_limiters:
             limiter = previous._target_limiters[key]
         else:
-            limiter = Limiter.from_config(limits, f"{model_name}:{label}", clock=self.clock, sleep=self.sleep)
+            limiter = self._limiter(limits, f"{model_name}:{label}")
         self._target_limiters[key] = limiter
         return limiter
 
@@ -278,8 +324,15 @@ class Runtime:
         )
         return {"state": worst, "targets": targets}
 
+    def state_stats(self) -> dict[str, Any] | None:
+        """The shared state's health and counters (`RedisState.stats()`), None with memory state."""
+        return None if self.state is None else self.state.stats()
+
     async def aclose(self) -> None:
-        """Close the providers this runtime still owns (those a reload handed on stay open)."""
+        """Close the providers (and the Redis connection) this runtime still owns; those a reload handed on stay."""
         for name in sorted(self._owned):
             await self.providers[name].aclose()
         self._owned.clear()
+        if self.state is not None and self._owns_state:
+            self._owns_state = False
+            await self.state.aclose()

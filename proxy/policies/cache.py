@@ -5,7 +5,7 @@
 - `is_cacheable()` / `is_storable()` say which requests may be looked up and which responses may be stored:
   by default only deterministic requests (temperature 0 or a seed), and only complete, successful responses.
 - `ResponseCache` is the backend interface; `MemoryCache` (LRU + per-entry TTL) and `NullCache` (`backend: none`)
-  implement it here; Redis comes later behind the same interface.
+  implement it here, `RedisCache` (shared by replicas) in `proxy.policies.redis_cache`; `build_cache` picks one.
 - `replay_as_chunks()` serves a stream request from a cached response; `ResponseAssembler` does the reverse,
   collecting a finished stream into a `ChatResponse` worth storing.
 
@@ -261,12 +261,20 @@ class NullCache:
 def build_cache(
     config: CacheConfig, *, state: StateConfig | None = None, clock: Callable[[], float] = time.monotonic
 ) -> ResponseCache:
-    """The backend `config.backend` names. `redis` is not built yet (a later issue) and raises `NotImplementedError`."""
+    """The backend `config.backend` names. `redis` connects (lazily) to `state.url` with `state`'s timeout and key
+    prefix (`proxy.policies.redis_cache`); `clock` times its reconnect backoff there, its TTLs there are Redis's."""
     if config.backend == "memory":
         return MemoryCache(config.max_entries, clock=clock)
     if config.backend == "none":
         return NullCache()
-    raise NotImplementedError(f"cache backend `{config.backend}` is not implemented yet")
+    if config.backend == "redis":
+        if state is None or state.url is None:
+            raise ValueError("`cache.backend: redis` needs `state.url`")
+        from proxy.policies.redis_cache import RedisCache
+        from proxy.policies.redis_state import RedisState
+
+        return RedisCache(RedisState(state, clock=clock), config.max_entries)
+    raise ValueError(f"unknown cache backend `{config.backend}`")
 
 
 # --- streams ----------------------------------------------------------------------------------------------
