@@ -5,6 +5,8 @@
     llm-proxy complete [--model NAME] [--stream] [--system TEXT] PROMPT
     llm-proxy render TEMPLATE [--arg KEY=VALUE ...] [--format text|json]
     llm-proxy serve [--transport stdio|http] [--host H] [--port P] [--no-watch]
+    llm-proxy explain [MODEL] [--request FILE|-] [--format text|json]
+    llm-proxy diff OLD NEW [--format text|markdown|json]   exit 0 same, 1 changed, 2 invalid
     llm-proxy --version
 
 The config comes from `--config PATH` (accepted before or after the subcommand), else `$LLM_PROXY_CONFIG`,
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli_serve import add_serve_parser
 
     add_serve_parser(commands, _config_option)
+    from proxy.cli_explain import add_parser as add_explain
+
+    add_explain(commands, _config_option)
+    from proxy.cli_diff import add_parser as add_diff
+
+    add_diff(commands)
     return parser
 
 
@@ -132,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from proxy.cli_complete import cmd_complete
+    from proxy.cli_diff import cmd_diff
+    from proxy.cli_explain import cmd_explain
     from proxy.cli_render import cmd_render
     from proxy.cli_serve import run_serve
 
@@ -141,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "complete": lambda a: cmd_complete(a, config_path(a)),
         "render": lambda a: cmd_render(a, config_path(a)),
         "serve": lambda a: run_serve(a, config_path(a)),
+        "explain": lambda a: cmd_explain(a, config_path(a)),
+        "diff": cmd_diff,
     }
     if args.command is None:
         parser.print_help(sys.stderr)
