@@ -324,8 +324,8 @@ def test_build_cache_by_backend():
     built = build_cache(CacheConfig(backend="memory", max_entries=7))
     assert isinstance(built, MemoryCache) and built.max_entries == 7
     assert isinstance(build_cache(CacheConfig(backend="none")), NullCache)
-    with pytest.raises(NotImplementedError, match="redis"):
-        build_cache(CacheConfig(backend="redis"))
+    with pytest.raises(ValueError, match="state"):
+        build_cache(CacheConfig(backend="redis"))  # a Redis cache needs `state.url`
 
 
 # --- streams ----------------------------------------------------------------------------------------------
