@@ -143,10 +143,16 @@ def forwarder_argv(python: str, port: int, upstream_port: int) -> list[str]:
     return [python, str(BENCH / "forwarder.py"), "--upstream", f"http://127.0.0.1:{upstream_port}", "--port", str(port)]
 
 
-def proxy_config(workdir: Path, upstream_port: int) -> Path:
+def proxy_config(workdir: Path, upstream_port: int, *, telemetry: bool = False) -> Path:
     """The proxy's benchmark config: one OpenAI provider at the fake upstream, one model, the memory cache (for
-    deterministic requests only, the default), a bearer token, logs at warning, tracing off."""
-    path = workdir / "proxy.yaml"
+    deterministic requests only, the default), a bearer token, logs at warning; tracing off, or with `telemetry`
+    every trace exported over OTLP/HTTP to the fake upstream (which counts the exports)."""
+    path = workdir / ("proxy-otel.yaml" if telemetry else "proxy.yaml")
+    traces = (
+        f"{{exporter: otlp, endpoint: 'http://127.0.0.1:{upstream_port}', sample_ratio: 1.0}}"
+        if telemetry
+        else "{exporter: none}"
+    )
     path.write_text(
         f"""version: 1
 providers:
@@ -164,7 +170,7 @@ cache: {{backend: memory, when: deterministic}}
 server:
   auth: {{bearer_tokens: [{PROXY_TOKEN}]}}
 telemetry:
-  traces: {{exporter: none}}
+  traces: {traces}
   logs: {{level: warning}}
 """
     )

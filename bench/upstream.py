@@ -5,6 +5,8 @@
 Any `POST` answers a chat completion; a body with `"stream": true` gets a `text/event-stream` answer instead: the
 headers and the first event after `--ttft-ms`, then one content event every `--chunk-delay-ms` (`--chunks` in all),
 the finish event, a usage event and `data: [DONE]`, chunked. Any `GET` answers a one-model list (`/v1/models`).
+It is also an OTLP/HTTP receiver: `POST /v1/traces` (and `/v1/metrics`) get a 200 and are counted, and
+`GET /stats` answers the count as `{"otlp_posts": N}`.
 It parses just enough HTTP (request line, `content-length`) to stay far cheaper than anything measured through it,
 so the direct measurement is the floor. Prints `listening <port>` once ready.
 """
@@ -38,6 +40,7 @@ COMPLETION = json.dumps(
     },
     separators=(",", ":"),
 ).encode()
+STATS = {"otlp_posts": 0}
 MODELS = b'{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":0,"owned_by":"bench"}]}'
 
 
@@ -109,8 +112,13 @@ class Upstream(asyncio.Protocol):
                 return
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
-            if head.startswith(b"get"):
+            if head.startswith(b"get /stats"):
+                self.transport.write(_response(json.dumps(STATS).encode()))
+            elif head.startswith(b"get"):
                 self.transport.write(_response(MODELS))
+            elif head.startswith(b"post /v1/traces") or head.startswith(b"post /v1/metrics"):
+                STATS["otlp_posts"] += 1  # an OTLP/HTTP export: any 200 will do
+                self.transport.write(_response(b"{}"))
             elif STREAM_FLAG.search(body):
                 self.busy = True
                 self.writing = asyncio.ensure_future(self._stream())
