@@ -6,8 +6,15 @@ The transport defaults to stdio when standard input is not a terminal (an MCP ho
 `--host`/`--port` default to the config's `server.http`; `--port 0` takes any free port (the log line says which).
 The config file is watched and reloaded when it or its templates change (not with `--no-watch`), and on SIGHUP;
 MCP clients are told when the prompts changed. Logs go to stderr, never stdout (stdout is the protocol on stdio),
-at the config's `telemetry.logs.level`. SIGTERM/SIGINT: stop accepting, let the calls in flight finish within
+at the config's `telemetry.logs.level`, as JSON lines or text (`telemetry.logs.format`; proxy/logs.py), with the
+config's keys and tokens masked. SIGTERM/SIGINT: stop accepting, let the calls in flight finish within
 `server.grace_period`, close the engine, exit 0. Exit 1 when the config is invalid or the server cannot start.
+
+Telemetry (proxy/telemetry.py) is set up from the config's `telemetry` section and the `OTEL_*` variables before
+the engine is built; startup, every reload (applied or rejected) and shutdown are logged and traced
+(`proxy.startup`, `proxy.reload`, `proxy.shutdown` spans); the metrics are pushed over OTLP when configured, once
+more at shutdown, and the exporters are flushed last. A reload applies new `telemetry.logs` settings and masks new
+secrets; other telemetry settings need a restart.
 
 Everything MCP-, Starlette- or uvicorn-specific lives in `proxy.fronts`; this module only wires the command.
 """
@@ -27,17 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+from opentelemetry.trace import Status, StatusCode
 
+from proxy import logs, telemetry
 from proxy.config.load import load_config
 from proxy.config.model import Config
 from proxy.errors import ConfigError, ProxyError
 
 if TYPE_CHECKING:
+    from proxy.engine import Engine
     from proxy.reload import Reloader
 
 log = logging.getLogger("proxy.serve")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def add_serve_parser(
@@ -91,23 +99,38 @@ def serve_options(args: argparse.Namespace, config: Config, *, stdin_is_tty: boo
     )
 
 
-_handler: logging.Handler | None = None
+def configure_logging(level: str, format: str = "auto") -> None:
+    """Everything to stderr at `level` (before the MCP SDK would install its own handler), as JSON lines or text;
+    the SDK's per-request chatter only at debug. Calling it again replaces the handler it added."""
+    logs.configure(level, format)
 
 
-def configure_logging(level: str) -> None:
-    """Everything to stderr at `level` (before the MCP SDK would install its own handler); the SDK's per-request
-    chatter only at debug. Calling it again replaces the handler it added."""
-    global _handler
-    root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(_handler)
-    root.setLevel(level.upper())
-    quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
-    for name in ("mcp", "httpx2", "httpcore2", "uvicorn.error", "sse_starlette"):
-        logging.getLogger(name).setLevel(max(quiet, root.level))
+def _reloader(engine: Engine, path: Any) -> Reloader:
+    """A `Reloader` whose every reload is traced (`proxy.reload`) and that keeps the logging in step."""
+    from proxy.reload import Reloader
+
+    class TracedReloader(Reloader):
+        async def reload(self, reason: str = "change") -> bool:
+            before = self.engine.runtime.config
+            rejected = self.engine.metrics.reloads_rejected
+            with telemetry.span("proxy.reload", {"proxy.reload.reason": reason}) as span:
+                applied = await super().reload(reason)
+                config = self.engine.runtime.config
+                if span is not None:
+                    span.set_attributes({"proxy.reload.applied": applied, "proxy.config.version": config.version_hash})
+                    if self.engine.metrics.reloads_rejected > rejected:
+                        span.set_status(Status(StatusCode.ERROR, "config rejected"))
+            if applied:
+                logs.add_secrets(logs.secrets_of(config))
+                if config.telemetry.logs != before.telemetry.logs:
+                    configure_logging(config.telemetry.logs.level, config.telemetry.logs.format)
+                if config.telemetry.traces != before.telemetry.traces or (
+                    config.telemetry.metrics_exporter != before.telemetry.metrics_exporter
+                ):
+                    log.warning("telemetry exporter settings changed: they apply after a restart")
+            return applied
+
+    return TracedReloader(engine, path)
 
 
 async def _reload_on_sighup(
@@ -129,16 +152,36 @@ async def serve(config: Config, options: ServeOptions, **transport_options: Any)
     from proxy.engine import Engine
     from proxy.fronts.mcp_server import McpFront
     from proxy.fronts.serve import serve_http, serve_stdio
-    from proxy.reload import Reloader
     from proxy.runtime import Runtime
 
-    engine = Engine(Runtime.build(config))
-    reloader = Reloader(engine, config.path) if config.path is not None else None
+    logs.add_secrets(logs.secrets_of(config))  # masked in every log line from now on
+    tel = telemetry.setup(config.telemetry)
+    log.info("telemetry: %s", tel.describe())
+    startup = {"proxy.config.version": config.version_hash, "proxy.transport": options.transport}
+    with telemetry.span("proxy.startup", startup) as span:
+        try:
+            engine = Engine(Runtime.build(config))
+        except BaseException:
+            tel.shutdown()
+            raise
+        enabled = [name for name, provider in config.providers.items() if provider.enabled]
+        if span is not None:
+            span.set_attribute("proxy.providers.enabled", enabled)
+    log.info(
+        "config version %s (%s): %d model(s); providers enabled: %s",
+        config.version_hash,
+        config.path or "embedded",
+        len(config.models),
+        ", ".join(enabled) or "none",
+    )
+    reloader: Reloader | None = _reloader(engine, config.path) if config.path is not None else None
     stop_watching = asyncio.Event()
     try:
         front = McpFront(engine)
         grace = config.server.grace_period
         async with anyio.create_task_group() as tasks:
+            if tel.metric_exporter is not None:
+                tasks.start_soon(tel.push_metrics, engine.metrics)
             if reloader is not None:
                 reloader.listeners.append(front.on_reload)
                 if options.watch:  # stopped by its event: the watcher's thread only checks that (within 20 ms)
@@ -156,10 +199,14 @@ async def serve(config: Config, options: ServeOptions, **transport_options: Any)
                 stop_watching.set()
                 tasks.cancel_scope.cancel()
     finally:
-        if reloader is not None:
-            await reloader.aclose()
-        await engine.aclose()
-    log.info("stopped")
+        with telemetry.span("proxy.shutdown", {"proxy.config.version": engine.runtime.config.version_hash}):
+            if reloader is not None:
+                await reloader.aclose()
+            await engine.aclose()
+        log.info("stopped")
+        if tel.metric_exporter is not None:
+            await asyncio.to_thread(tel.export_metrics, engine.metrics)  # the final counts
+        tel.shutdown()
 
 
 def run_serve(args: argparse.Namespace, config_path: str | None = None) -> int:
@@ -174,7 +221,8 @@ def run_serve(args: argparse.Namespace, config_path: str | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    configure_logging(config.telemetry.logs.level)
+    logs.add_secrets(logs.secrets_of(config))
+    configure_logging(config.telemetry.logs.level, config.telemetry.logs.format)
     options = serve_options(args, config)
     code = 0
     try:

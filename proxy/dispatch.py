@@ -11,9 +11,16 @@
    to `max_wait`, never past the deadline); a refusal moves on to the next target.
 4. The call, bounded by `RetryBudget.attempt_timeout` so one slow attempt cannot eat the other targets' share;
    then the retry table decides: retry after a backoff, fall back, reroute for context, fail fast, or give up.
-Every attempt is recorded once: metrics (per provider), breaker, router latency, the lease (tokens corrected by
-real usage), and the attempt history the response carries. `call` may stop early (a stream returns once its
-first content chunk arrived, the commit point); the caller reports the final outcome through `Admitted`.
+Every attempt is recorded once: metrics (per provider, and the GenAI operation histograms), breaker, router
+latency, the lease (tokens corrected by real usage), and the attempt history the response carries. `call` may stop
+early (a stream returns once its first content chunk arrived, the commit point); the caller reports the final
+outcome through `Admitted`.
+
+Time not spent by the proxy itself is summed for the overhead histogram: `upstream_s` (inside calls) and
+`waited_s` (backoffs and rate-limit waits). With traces on (`trace`, a `proxy.spans.RequestTrace`), each plan
+reached gets a routing span, each attempt a CLIENT span (current while its call runs, so the transport sends its
+`traceparent`), and skips, waits, retries, fallbacks and breaker trips become events; with traces off every one of
+those is behind a single `is not None` check.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from proxy.errors import (
     AllTargetsFailed,
@@ -38,7 +45,10 @@ from proxy.policies.retry import Action, RetryBudget, error_label
 from proxy.routing import Router
 from proxy.runtime import ModelPlan, PlannedTarget, Runtime
 from proxy.tokens import estimate_prompt_tokens
-from proxy.types import Attempt, ChatRequest, Usage
+from proxy.types import Attempt, ChatRequest, ChatResponse, Usage
+
+if TYPE_CHECKING:
+    from proxy.spans import RequestTrace
 
 T = TypeVar("T")
 Call = Callable[[PlannedTarget, ChatRequest], Awaitable[T]]
@@ -47,10 +57,17 @@ Call = Callable[[PlannedTarget, ChatRequest], Awaitable[T]]
 class Admitted:
     """The target that took the request, with what finishing its attempt needs. Report exactly one outcome."""
 
-    __slots__ = ("_dispatch", "_done", "attempt", "index", "lease", "request", "started", "target")
+    __slots__ = ("_dispatch", "_done", "attempt", "index", "lease", "request", "span", "started", "target")
 
     def __init__(
-        self, dispatch: Dispatch, target: PlannedTarget, index: int, request: ChatRequest, lease: Lease, attempt: int
+        self,
+        dispatch: Dispatch,
+        target: PlannedTarget,
+        index: int,
+        request: ChatRequest,
+        lease: Lease,
+        attempt: int,
+        span: Any = None,
     ) -> None:
         self._dispatch = dispatch
         self.target = target
@@ -58,18 +75,23 @@ class Admitted:
         self.request = request
         self.lease = lease
         self.attempt = attempt
+        self.span = span  # the attempt's span when traces are on
         self.started = dispatch.runtime.clock()
         self._done = False
 
-    async def succeed(self, usage: Usage | None, *, first_token_at: float | None = None) -> float:
-        """The attempt answered; returns its cost. `first_token_at` (streams) feeds the latency router."""
+    async def succeed(
+        self, usage: Usage | None, *, first_token_at: float | None = None, response: ChatResponse | None = None
+    ) -> float:
+        """The attempt answered; returns its cost. `first_token_at` (streams) feeds the latency router; `response`
+        (what it answered) names the response model in the metrics and the span."""
         if self._done:
             return 0.0
         self._done = True
         dispatch, target = self._dispatch, self.target
         now = dispatch.runtime.clock()
         cost = cost_of(usage, target.price)
-        dispatch.metrics.record_attempt(
+        metrics = dispatch.metrics
+        metrics.record_attempt(
             target.provider,
             success=True,
             stream=dispatch.stream,
@@ -78,6 +100,18 @@ class Admitted:
             cost=cost,
             latency_s=now - self.started,
         )
+        assert target.bound is not None
+        metrics.record_operation(
+            target.provider,
+            target.bound.provider.type,
+            target.model,
+            (response.model if response is not None else None) or target.model,
+            now - self.started,
+            input_tokens=usage.input_tokens if usage else None,
+            output_tokens=usage.output_tokens if usage else None,
+        )
+        if self.span is not None and dispatch.trace is not None:
+            dispatch.trace.attempt_succeeded(self.span, response, usage)
         target.breaker.record_success(now)
         dispatch.router_of(target).record_latency(self.index, (first_token_at or now) - self.started)
         dispatch.budget.record_success(target.label, self.attempt)
@@ -89,7 +123,7 @@ class Admitted:
         if self._done:
             return
         self._done = True
-        self._dispatch.record_failure(self.target, self.index, error, self.started)
+        self._dispatch.record_failure(self.target, self.index, error, self.started, self.span, truncated=True)
         self._dispatch.budget.decide(error, self.attempt, 0, target=self.target.label)
         await self.lease.release(None)
 
@@ -98,6 +132,9 @@ class Admitted:
         if self._done:
             return
         self._done = True
+        if self.span is not None:  # the attempt's span: neither answered nor failed
+            self.span.set_attribute("proxy.cancelled", True)
+            self.span.end()
         self.target.breaker.release_probe()
         await self.lease.release(None)
 
@@ -105,8 +142,16 @@ class Admitted:
 class Dispatch:
     """The state of one request across its targets. Not shared between requests."""
 
-    def __init__(self, runtime: Runtime, metrics: Metrics, chain: list[ModelPlan], request: ChatRequest) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: Metrics,
+        chain: list[ModelPlan],
+        request: ChatRequest,
+        trace: RequestTrace | None = None,
+    ) -> None:
         self.runtime = runtime
+        self.trace = trace
         self.metrics = metrics
         self.chain = chain
         self.request = request
@@ -117,6 +162,9 @@ class Dispatch:
         self.min_window: int | None = None  # after a context-length error: only larger windows are tried
         self.retries = 0
         self.fallbacks = 0
+        self.upstream_s = 0.0  # time inside upstream calls (up to a stream's commit point)
+        self.waited_s = 0.0  # time in backoffs and rate-limit waits
+        self._walked = 0  # targets tried so far (an attempt's `proxy.fallback_index`)
         self._routers: dict[int, Router] = {}  # id(target) -> its plan's router
         self._tried: set[str] = set()
 
@@ -145,7 +193,9 @@ class Dispatch:
 
     def _candidates(self) -> Iterator[tuple[PlannedTarget, int, int]]:
         """(target, index in its plan, targets remaining after it), skipping unavailable ones with a reason."""
+        trace = self.trace
         for position, plan in enumerate(self.chain):
+            route_span = trace.start_route(plan, position) if trace is not None else None
             now = self.runtime.clock()
             available = [self._available(t, now) for t in plan.targets]
             for index, target in enumerate(plan.targets):
@@ -153,6 +203,8 @@ class Dispatch:
                 if not available[index]:
                     self._skip_unavailable(target, now)
             order = plan.router.order(available)
+            if trace is not None:
+                trace.end_route(route_span, plan, order, available)
             for rank, index in enumerate(order):
                 later_here = len(order) - rank - 1
                 later_plans = sum(self._available(t, now) for p in self.chain[position + 1 :] for t in p.targets)
@@ -166,6 +218,8 @@ class Dispatch:
             wait = "" if snapshot.next_probe_at is None else f"; next probe in {snapshot.next_probe_at - now:.3g}s"
             reason = f"circuit breaker open after repeated failures{wait}"
         self.failures.append((target.label, ProviderUnavailable(target.provider, reason)))
+        if self.trace is not None:
+            self.trace.skipped(target.label, "disabled" if target.bound is None else "breaker_open")
 
     def _fit(self, target: PlannedTarget) -> ChatRequest | ProxyError:
         """The request as this target gets it (max_tokens clamped), or why it cannot take it."""
@@ -202,16 +256,37 @@ class Dispatch:
 
     # --- recording --------------------------------------------------------------------------------------
 
-    def record_failure(self, target: PlannedTarget, index: int, error: ProxyError, started: float) -> None:
+    def record_failure(
+        self,
+        target: PlannedTarget,
+        index: int,
+        error: ProxyError,
+        started: float,
+        span: Any = None,
+        *,
+        truncated: bool = False,
+    ) -> None:
         now = self.runtime.clock()
+        kind = error_label(error)
         self.metrics.record_attempt(
-            target.provider,
-            success=False,
-            error_kind=error_label(error),
-            stream=self.stream,
-            latency_s=now - started,
+            target.provider, success=False, error_kind=kind, stream=self.stream, latency_s=now - started
         )
-        target.breaker.record_error(now, error)
+        assert target.bound is not None
+        self.metrics.record_operation(
+            target.provider, target.bound.provider.type, target.model, "", now - started, error_type=kind
+        )
+        breaker = target.breaker
+        trace = self.trace
+        if trace is None:
+            breaker.record_error(now, error)
+        else:
+            was_open = breaker.state(now) is BreakerState.OPEN
+            breaker.record_error(now, error)
+            opened = not was_open and breaker.state(now) is BreakerState.OPEN
+            if opened:
+                trace.breaker_opened(target.label)
+            if span is not None:
+                trace.attempt_failed(span, error, truncated=truncated, breaker_opened=opened)
         self._routers[id(target)].record_failure(index)
 
     # --- the walk ---------------------------------------------------------------------------------------
@@ -225,6 +300,8 @@ class Dispatch:
             request = self._fit(target)
             if isinstance(request, ProxyError):
                 self.failures.append((target.label, request))
+                if self.trace is not None:
+                    self.trace.skipped(target.label, "context_window")
                 continue
             outcome = await self._try_target(target, index, remaining, request, call)
             if outcome is not None:
@@ -250,6 +327,9 @@ class Dispatch:
         self, target: PlannedTarget, index: int, remaining: int, request: ChatRequest, call: Call[T]
     ) -> tuple[T, Admitted] | None:
         assert target.bound is not None
+        trace = self.trace
+        fallback_index = self._walked
+        self._walked += 1
         attempt = 0
         while True:
             attempt += 1
@@ -264,11 +344,19 @@ class Dispatch:
                 self.failures.append((target.label, exc))
                 self.budget.decide(exc, attempt, remaining, target=target.label)
                 self.fallbacks += 1
+                if trace is not None:
+                    trace.skipped(target.label, error_label(exc))
                 return None
             except BaseException:
                 target.breaker.release_probe()
                 raise
-            admitted = Admitted(self, target, index, request, lease, attempt)
+            span = token = None
+            if trace is not None:
+                span = trace.start_attempt(
+                    target, request, attempt=attempt, fallback_index=fallback_index, waited=lease.waited
+                )
+                token = trace.enter(span)
+            admitted = Admitted(self, target, index, request, lease, attempt, span)
             self.budget.begin_attempt()
             try:
                 async with asyncio.timeout(self.budget.attempt_timeout(remaining)) as scope:
@@ -276,6 +364,7 @@ class Dispatch:
                 return result, admitted
             except TimeoutError:
                 if not scope.expired():
+                    await admitted.abandon()
                     raise
                 error: ProxyError = UpstreamTimeout(
                     "no answer within this attempt's share of the retry deadline",
@@ -287,15 +376,24 @@ class Dispatch:
             except BaseException:
                 await admitted.abandon()
                 raise
+            finally:
+                self.upstream_s += self.runtime.clock() - admitted.started
+                if token is not None:
+                    trace.leave(token)  # type: ignore[union-attr]
             admitted._done = True
-            self.record_failure(target, index, error, admitted.started)
+            self.record_failure(target, index, error, admitted.started, span)
             await lease.release(None)
             can_retry = target.breaker.state(self.runtime.clock()) is not BreakerState.OPEN
             decision = self.budget.decide(error, attempt, remaining, target=target.label, can_retry=can_retry)
             if decision.mark_unhealthy:
                 target.breaker.record_failure(self.runtime.clock(), trip=True)
+                if trace is not None:
+                    trace.breaker_opened(target.label)
             if decision.action is Action.RETRY:
                 self.retries += 1
+                if trace is not None:
+                    trace.retry(target.label, attempt, error, decision.delay)
+                self.waited_s += decision.delay
                 await self.runtime.sleep(decision.delay)
                 continue
             if decision.action is Action.FAIL_FAST:
@@ -307,6 +405,8 @@ class Dispatch:
                 self.min_window = max(self.min_window or 0, window)
             if decision.action is not Action.GIVE_UP:
                 self.fallbacks += 1
+                if trace is not None:
+                    trace.fallback(target.label, error)
             return None
 
     async def _admit(self, target: PlannedTarget, request: ChatRequest) -> Lease:
@@ -320,8 +420,15 @@ class Dispatch:
         try:
             lease = await limiter.acquire(tokens, max_wait=max_wait)
         except RateLimited:
-            self.metrics.record_ratelimit_wait(target.provider, self.runtime.clock() - started, admitted=False)
+            waited = self.runtime.clock() - started
+            self.waited_s += waited
+            self.metrics.record_ratelimit_wait(target.provider, waited, admitted=False)
+            if self.trace is not None:
+                self.trace.ratelimit_wait(target.label, waited, admitted=False)
             raise
         if lease.waited > 0:
+            self.waited_s += lease.waited
             self.metrics.record_ratelimit_wait(target.provider, lease.waited, admitted=True)
+            if self.trace is not None:
+                self.trace.ratelimit_wait(target.label, lease.waited, admitted=True)
         return lease

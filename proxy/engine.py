@@ -16,6 +16,12 @@ Rules kept here:
 - streams have a commit point: until the first content chunk, failures are retried or fall back invisibly (the
   dispatch does it); after it, a failure ends the stream with `StreamInterrupted` carrying the partial text,
   counted as truncated, never cached and never a clean end.
+
+Telemetry: every request ends with one info line (`proxy.logs.log_request`: model, provider, status, latency,
+tokens, cache) and one overhead sample (its time minus the time spent on upstreams, backoffs and rate limits; for a
+stream, up to its first chunk). With traces on (`proxy.telemetry.active()`), a `proxy.request` span (under the
+current span: the HTTP server span or the MCP SDK's `tools/call`) holds the dispatch's routing and attempt spans
+(`proxy.spans`); with traces off, the request pays one `is None` check.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from proxy import logs, telemetry
 from proxy.dispatch import Admitted, Dispatch
 from proxy.errors import ProxyError, RequestError, StreamInterrupted
 from proxy.metrics import Metrics
@@ -40,9 +47,68 @@ from proxy.policies.cache import (
     replay_as_chunks,
 )
 from proxy.runtime import ModelPlan, PlannedTarget, Runtime
+from proxy.spans import RequestTrace, error_type
 from proxy.types import ChatRequest, ChatResponse, StreamChunk
 
 log = logging.getLogger(__name__)
+_request_log = logs.REQUEST_LOG
+_INFO = logging.INFO
+
+
+def _trace(request: ChatRequest, runtime: Runtime, *, stream: bool) -> RequestTrace | None:
+    tracing = telemetry.active()
+    if tracing is None:
+        return None
+    return RequestTrace(tracing, request, stream=stream, config_version=runtime.config.version_hash)
+
+
+def _succeeded(response: ChatResponse, trace: RequestTrace | None, *, stream: bool) -> None:
+    """The request's outcome on its span and in its log line."""
+    if trace is not None:
+        trace.succeeded(response)
+    if _request_log.isEnabledFor(_INFO):
+        usage = response.usage
+        logs.log_request(
+            model=response.route,
+            status="ok",
+            latency_ms=response.latency_ms,
+            provider=response.provider or None,
+            upstream_model=response.model or None,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cached=response.cached,
+            stream=stream,
+            attempts=len(response.attempts),
+            trace_id=trace.trace_id if trace is not None else None,
+        )
+
+
+def _failed(
+    error: BaseException,
+    request: ChatRequest,
+    runtime: Runtime,
+    started: float,
+    trace: RequestTrace | None,
+    *,
+    stream: bool,
+    truncated: bool = False,
+) -> None:
+    if trace is not None:
+        trace.failed(error, truncated=truncated)
+    if _request_log.isEnabledFor(_INFO):
+        attempts = getattr(error, "attempts", None) or ()
+        provider, _, model = attempts[-1].target.partition("/") if attempts else (None, "", None)
+        status = "cancelled" if not isinstance(error, Exception) else error_type(error)
+        logs.log_request(
+            model=request.model or runtime.config.defaults.model,
+            status="truncated" if truncated else status,
+            latency_ms=(runtime.clock() - started) * 1000,
+            provider=provider,
+            upstream_model=model,
+            stream=stream,
+            attempts=len(attempts),
+            trace_id=trace.trace_id if trace is not None else None,
+        )
 
 
 class _LeaderCancelled(Exception):
@@ -147,11 +213,27 @@ class Engine:
         except Exception as exc:
             log.warning("response cache store failed: %s", type(exc).__name__)
 
-    def _hit(self, hit: ChatResponse, route: str, started: float, runtime: Runtime, *, stream: bool) -> ChatResponse:
+    def _hit(
+        self,
+        hit: ChatResponse,
+        route: str,
+        started: float,
+        runtime: Runtime,
+        *,
+        stream: bool,
+        trace: RequestTrace | None = None,
+        shared_wait: float | None = None,
+    ) -> ChatResponse:
+        """A cache hit, or (`shared_wait`: the time spent waiting for it) an identical request's shared answer."""
         usage = hit.usage
         self.metrics.record_cache(True, (usage.input_tokens + usage.output_tokens) if usage else 0)
         latency = runtime.clock() - started
-        self.metrics.record_request(route, success=True, cached=True, latency_s=latency, stream=stream)
+        overhead = latency if shared_wait is None else max(0.0, latency - shared_wait)
+        self.metrics.record_request(
+            route, success=True, cached=True, latency_s=latency, stream=stream, overhead_s=overhead
+        )
+        if trace is not None:
+            trace.cache_hit(shared=shared_wait is not None)
         return dataclasses.replace(
             hit,
             route=route,
@@ -178,15 +260,21 @@ class Engine:
             config_version=dispatch.runtime.config.version_hash,
         )
 
-    def _record(self, dispatch: Dispatch, started: float, *, success: bool, truncated: bool = False) -> None:
+    def _record(
+        self, dispatch: Dispatch, started: float, *, success: bool, truncated: bool = False, until: float | None = None
+    ) -> None:
+        """Count the request; its overhead runs to `until` (a stream's first chunk) or now."""
+        now = dispatch.runtime.clock()
+        end = now if until is None else until
         self.metrics.record_request(
             dispatch.name,
             success=success,
-            latency_s=dispatch.runtime.clock() - started,
+            latency_s=now - started,
             stream=dispatch.stream,
             truncated=truncated,
             fallbacks=dispatch.fallbacks,
             retries=dispatch.retries,
+            overhead_s=max(0.0, end - started - dispatch.upstream_s - dispatch.waited_s),
         )
 
     # --- complete -----------------------------------------------------------------------------------------
@@ -197,35 +285,60 @@ class Engine:
         """Answer `request` (non-streaming). Raises a `ProxyError` with a user-facing message when it cannot."""
         runtime = self.runtime
         started = runtime.clock()
-        request = self._with_defaults(request, runtime, stream=False)
+        trace = _trace(request, runtime, stream=False)
         try:
-            chain = runtime.resolve(request.model)
-        except ProxyError:
-            self.metrics.record_request(request.model, success=False, latency_s=runtime.clock() - started)
+            request = self._with_defaults(request, runtime, stream=False)
+            try:
+                chain = runtime.resolve(request.model)
+            except ProxyError:
+                self.metrics.record_request(request.model, success=False, latency_s=runtime.clock() - started)
+                raise
+            key, ttl = self._cache_key(runtime, chain[0], request, bypass_cache, template_version)
+            if key is None:
+                response = await self._dispatch(runtime, chain, request, started, trace)
+            else:
+                response = await self._cached(runtime, chain, request, started, trace, key, ttl)
+        except BaseException as exc:
+            _failed(exc, request, runtime, started, trace, stream=False)
             raise
+        _succeeded(response, trace, stream=False)
+        return response
+
+    async def _cached(
+        self,
+        runtime: Runtime,
+        chain: list[ModelPlan],
+        request: ChatRequest,
+        started: float,
+        trace: RequestTrace | None,
+        key: str,
+        ttl: float,
+    ) -> ChatResponse:
+        """A cacheable request: a hit, an identical request's answer (single flight), or our call, then stored."""
         route = chain[0].model.name
-        key, ttl = self._cache_key(runtime, chain[0], request, bypass_cache, template_version)
-        if key is None:
-            return await self._dispatch(runtime, chain, request, started)
         hit = await self._cache_get(key)
         if hit is not None:
-            return self._hit(hit, route, started, runtime, stream=False)
+            return self._hit(hit, route, started, runtime, stream=False, trace=trace)
         shared = self._inflight.get(key)
         if shared is not None:  # an identical request is in flight: share its answer (counted as a cache hit)
+            waiting = runtime.clock()
             try:
                 response = await asyncio.shield(shared)
             except _LeaderCancelled:  # its client went away; make our own call
                 self.metrics.record_cache(False)
-                return await self._dispatch(runtime, chain, request, started)
+                return await self._dispatch(runtime, chain, request, started, trace)
             except ProxyError:
-                self.metrics.record_request(route, success=False, latency_s=runtime.clock() - started)
+                now = runtime.clock()
+                overhead = max(0.0, waiting - started)
+                self.metrics.record_request(route, success=False, latency_s=now - started, overhead_s=overhead)
                 raise
-            return self._hit(response, route, started, runtime, stream=False)
+            waited = runtime.clock() - waiting
+            return self._hit(response, route, started, runtime, stream=False, trace=trace, shared_wait=waited)
         self.metrics.record_cache(False)
         future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            response = await self._dispatch(runtime, chain, request, started)
+            response = await self._dispatch(runtime, chain, request, started, trace)
             future.set_result(response)
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, ProxyError) else _LeaderCancelled())
@@ -237,15 +350,20 @@ class Engine:
         return response
 
     async def _dispatch(
-        self, runtime: Runtime, chain: list[ModelPlan], request: ChatRequest, started: float
+        self,
+        runtime: Runtime,
+        chain: list[ModelPlan],
+        request: ChatRequest,
+        started: float,
+        trace: RequestTrace | None = None,
     ) -> ChatResponse:
-        dispatch = Dispatch(runtime, self.metrics, chain, request)
+        dispatch = Dispatch(runtime, self.metrics, chain, request, trace)
         try:
             response, admitted = await dispatch.run(_complete)
         except BaseException:
             self._record(dispatch, started, success=False)
             raise
-        cost = await admitted.succeed(response.usage)
+        cost = await admitted.succeed(response.usage, response=response)
         self._record(dispatch, started, success=True)
         return self._finish(response, admitted, dispatch, cost, started)
 
@@ -352,60 +470,69 @@ class EngineStream:
         runtime = engine.runtime
         metrics = engine.metrics
         started = runtime.clock()
-        request = engine._with_defaults(request, runtime, stream=True)
+        trace = _trace(request, runtime, stream=True)
+        truncated = False
         try:
-            chain = runtime.resolve(request.model)
-        except ProxyError:
-            metrics.record_request(request.model, success=False, stream=True, latency_s=runtime.clock() - started)
-            raise
-        self.route = chain[0].model.name
-        key, ttl = engine._cache_key(runtime, chain[0], request, bypass_cache, template_version)
-        if key is not None:
-            hit = await engine._cache_get(key)
-            if hit is not None:
-                self.response = engine._hit(hit, self.route, started, runtime, stream=True)
-                self.cached, self.provider, self.model = True, hit.provider, hit.model
-                for chunk in replay_as_chunks(hit):
-                    yield chunk
-                return
-            metrics.record_cache(False)
-        dispatch = Dispatch(runtime, metrics, chain, request)
-        try:
-            opened, admitted = await dispatch.run(_open_stream)
-        except BaseException:
-            engine._record(dispatch, started, success=False)
-            raise
-        first_token_at = runtime.clock()
-        self.provider, self.model = admitted.target.provider, admitted.target.model
-        assembler = ResponseAssembler()
-        try:
-            for chunk in opened.buffered:
-                assembler.add(chunk)
-                yield chunk
-            if not opened.finished:
-                async for chunk in opened.iterator:
+            request = engine._with_defaults(request, runtime, stream=True)
+            try:
+                chain = runtime.resolve(request.model)
+            except ProxyError:
+                metrics.record_request(request.model, success=False, stream=True, latency_s=runtime.clock() - started)
+                raise
+            self.route = chain[0].model.name
+            key, ttl = engine._cache_key(runtime, chain[0], request, bypass_cache, template_version)
+            if key is not None:
+                hit = await engine._cache_get(key)
+                if hit is not None:
+                    self.response = engine._hit(hit, self.route, started, runtime, stream=True, trace=trace)
+                    self.cached, self.provider, self.model = True, hit.provider, hit.model
+                    for chunk in replay_as_chunks(hit):
+                        yield chunk
+                    _succeeded(self.response, trace, stream=True)
+                    return
+                metrics.record_cache(False)
+            dispatch = Dispatch(runtime, metrics, chain, request, trace)
+            try:
+                opened, admitted = await dispatch.run(_open_stream)
+            except BaseException:
+                engine._record(dispatch, started, success=False)
+                raise
+            first_token_at = runtime.clock()
+            self.provider, self.model = admitted.target.provider, admitted.target.model
+            assembler = ResponseAssembler()
+            try:
+                for chunk in opened.buffered:
                     assembler.add(chunk)
                     yield chunk
-        except ProxyError as exc:
-            await opened.aclose()
-            await admitted.fail(exc)
-            engine._record(dispatch, started, success=False, truncated=True)
-            partial = assembler.response().text or ""
-            error = StreamInterrupted(
-                f"the stream from `{admitted.target.label}` broke after {len(partial)} characters of output: {exc}",
-                provider=admitted.target.provider,
-                partial_text=partial,
-            )
-            error.attempts = dispatch.attempts  # type: ignore[attr-defined]
-            raise error from exc
-        except BaseException:  # the client went away (GeneratorExit, cancellation)
-            await opened.aclose()
-            await admitted.abandon()
-            engine._record(dispatch, started, success=False)
+                if not opened.finished:
+                    async for chunk in opened.iterator:
+                        assembler.add(chunk)
+                        yield chunk
+            except ProxyError as exc:
+                await opened.aclose()
+                await admitted.fail(exc)
+                engine._record(dispatch, started, success=False, truncated=True, until=first_token_at)
+                partial = assembler.response().text or ""
+                error = StreamInterrupted(
+                    f"the stream from `{admitted.target.label}` broke after {len(partial)} characters of output: {exc}",
+                    provider=admitted.target.provider,
+                    partial_text=partial,
+                )
+                error.attempts = dispatch.attempts  # type: ignore[attr-defined]
+                truncated = True
+                raise error from exc
+            except BaseException:  # the client went away (GeneratorExit, cancellation)
+                await opened.aclose()
+                await admitted.abandon()
+                engine._record(dispatch, started, success=False, until=first_token_at)
+                raise
+            response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
+            cost = await admitted.succeed(response.usage, first_token_at=first_token_at, response=response)
+            engine._record(dispatch, started, success=True, until=first_token_at)
+            self.response = engine._finish(response, admitted, dispatch, cost, started)
+            if key is not None:
+                await engine._cache_set(key, self.response, ttl)
+        except BaseException as exc:
+            _failed(exc, request, runtime, started, trace, stream=True, truncated=truncated)
             raise
-        response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
-        cost = await admitted.succeed(response.usage, first_token_at=first_token_at)
-        engine._record(dispatch, started, success=True)
-        self.response = engine._finish(response, admitted, dispatch, cost, started)
-        if key is not None:
-            await engine._cache_set(key, self.response, ttl)
+        _succeeded(self.response, trace, stream=True)

@@ -15,6 +15,12 @@ Memory is bounded: latencies live in fixed-size windows of the most recent sampl
 recent traffic), and label dicts are keyed by config names (providers, models, error kinds), with client-supplied
 model names capped at `MAX_MODEL_LABELS`.
 
+GenAI client metrics (OTel semantic conventions, PROTOCOLS.md section 6), recorded per attempt with
+`record_operation()`: `gen_ai.client.operation.duration` (seconds, `DURATION_BUCKETS`, `error.type` on failures)
+and `gen_ai.client.token.usage` (`TOKEN_BUCKETS`, input and output, only when the upstream reported usage), keyed
+by provider, GenAI provider name, request model and response model. `record_request(overhead_s=)` feeds the
+proxy-overhead histogram: the request's time minus the time spent waiting on upstreams, backoffs and rate limits.
+
 Config reloads: the `Metrics` object belongs to the engine, not to a runtime, so it simply survives a swap.
 Counts of a provider whose settings changed can be dropped with `reset_provider()`; `reset()` clears everything
 (tests).
@@ -57,6 +63,54 @@ def cost_of(usage: Usage | None, price: PriceConfig | None) -> float:
 
 # Upper bounds (seconds) of the all-time latency histogram buckets (Prometheus `le`), LLM-call shaped.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+# GenAI semantic-convention buckets: tokens in powers of 4 up to 4**13, durations doubling from 10 ms to 81.92 s.
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+# The proxy's own time per request: from 50 us (the engine alone) up.
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+MAX_OPERATION_SERIES = 1024  # distinct (provider, models, error) series kept; further response models count as OTHER
+# `gen_ai.provider.name` by provider type: the wire flavour spoken (an `openai_compatible` server speaks OpenAI's).
+GENAI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "openai_compatible": "openai"}
+
+
+def genai_provider_name(provider_type: str) -> str:
+    """The `gen_ai.provider.name` for a provider type (custom values for `mock` and `python` providers)."""
+    return GENAI_PROVIDER_NAMES.get(provider_type, provider_type)
+
+
+class Histogram:
+    """An all-time histogram over fixed `bounds`: `buckets[i]` counts values in `(bounds[i-1], bounds[i]]`, the
+    last one above every bound; plus the count and the sum."""
+
+    __slots__ = ("bounds", "buckets", "count", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.buckets[bisect_left(self.bounds, value)] += 1
+
+
+class OperationStats:
+    """One GenAI series: upstream call durations and, for answers whose usage the upstream reported, the tokens."""
+
+    __slots__ = ("duration", "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.duration = Histogram(DURATION_BUCKETS)
+        self.input_tokens = Histogram(TOKEN_BUCKETS)
+        self.output_tokens = Histogram(TOKEN_BUCKETS)
+
+
+# (provider, provider type, request model, response model or "" when it failed, error type or "")
+OperationKey = tuple[str, str, str, str, str]
 
 
 class LatencyWindow:
@@ -171,10 +225,14 @@ class Metrics:
         self.latency = LatencyWindow(self._window)
         self.providers: dict[str, ProviderStats] = {}
         self.models: dict[str, list[int]] = {}  # name -> [requests, successes, failures, cached]
+        self.overhead = Histogram(OVERHEAD_BUCKETS)
+        self.operations: dict[OperationKey, OperationStats] = {}
 
     def reset_provider(self, provider: str) -> None:
         """Drop one provider's counts (e.g. after a reload changed its settings or removed it)."""
         self.providers.pop(provider, None)
+        for key in [key for key in self.operations if key[0] == provider]:
+            del self.operations[key]
 
     def _provider(self, name: str) -> ProviderStats:
         stats = self.providers.get(name)
@@ -195,10 +253,12 @@ class Metrics:
         truncated: bool = False,
         fallbacks: int = 0,
         retries: int = 0,
+        overhead_s: float | None = None,
     ) -> None:
         """One client request ended. `cached` means served from the cache (always a success, no attempt);
         `truncated` a stream that failed after its first content chunk; `fallbacks` the targets moved past,
-        `retries` the extra attempts on a target."""
+        `retries` the extra attempts on a target; `overhead_s` the proxy's own part of `latency_s` (default: all
+        of it, for a request that never waited on an upstream)."""
         success = success or cached
         self.total_requests += 1
         if success:
@@ -214,6 +274,11 @@ class Metrics:
         self.fallbacks += fallbacks
         self.retries += retries
         self.latency.add(latency_s)
+        overhead = self.overhead  # Histogram.add, inlined (hot path)
+        overhead_s = latency_s if overhead_s is None else overhead_s
+        overhead.count += 1
+        overhead.total += overhead_s
+        overhead.buckets[bisect_left(OVERHEAD_BUCKETS, overhead_s)] += 1
         name = model or "(default)"
         row = self.models.get(name)
         if row is None:
@@ -250,6 +315,47 @@ class Metrics:
         stats.output_tokens += output_tokens
         stats.cost += cost
         stats.latency.add(latency_s)
+
+    def record_operation(
+        self,
+        provider: str,
+        provider_type: str,
+        request_model: str,
+        response_model: str,
+        duration_s: float,
+        *,
+        error_type: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        """One upstream call ended (the GenAI client metrics): its duration, and its token usage when the upstream
+        reported it (None: unknown, not recorded). `response_model` is "" for a failed call."""
+        key = (provider, provider_type, request_model, response_model, error_type or "")
+        stats = self.operations.get(key)
+        if stats is None:
+            stats = self._operation(key)
+        histogram = stats.duration  # Histogram.add, inlined (hot path)
+        histogram.count += 1
+        histogram.total += duration_s
+        histogram.buckets[bisect_left(DURATION_BUCKETS, duration_s)] += 1
+        if input_tokens is not None:
+            histogram = stats.input_tokens
+            histogram.count += 1
+            histogram.total += input_tokens
+            histogram.buckets[bisect_left(TOKEN_BUCKETS, input_tokens)] += 1
+        if output_tokens is not None:
+            histogram = stats.output_tokens
+            histogram.count += 1
+            histogram.total += output_tokens
+            histogram.buckets[bisect_left(TOKEN_BUCKETS, output_tokens)] += 1
+
+    def _operation(self, key: OperationKey) -> OperationStats:
+        if len(self.operations) >= MAX_OPERATION_SERIES:  # bounded: further response models share one series
+            key = (key[0], key[1], key[2], OTHER_LABEL, key[4])
+        stats = self.operations.get(key)
+        if stats is None:
+            stats = self.operations[key] = OperationStats()
+        return stats
 
     def record_cache(self, hit: bool, tokens_saved: int = 0) -> None:
         """One cache lookup; a hit saved `tokens_saved` tokens (the cached answer's input + output)."""
@@ -309,6 +415,10 @@ class Metrics:
             "fallbacks": self.fallbacks,
             "retries": self.retries,
             "latency_ms": self.latency.summary_ms(),
+            "overhead_ms": {
+                "count": self.overhead.count,
+                "mean": _ms(self.overhead.total / self.overhead.count) if self.overhead.count else None,
+            },
             "errors_by_kind": errors_by_kind,
             "tokens": {
                 "input": sum(row["input_tokens"] for row in rows.values()),

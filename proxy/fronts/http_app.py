@@ -7,7 +7,11 @@
 - auth: when `server.auth.bearer_tokens` is set, everything but `/healthz` and `/readyz` needs one of the tokens, as
   `Authorization: Bearer <token>` or (Anthropic clients) `x-api-key: <token>`; compared in constant time; a 401 in
   the API's error shape otherwise. The tokens are read from the engine's current config on every request, so a
-  reload that rotates them takes effect at once.
+  reload that rotates them takes effect at once;
+- telemetry: the request id goes into `proxy.logs.request_id`, so every log line of the request carries it; with
+  traces on, a SERVER span `{method} {route}` (its parent the client's `traceparent`, when it sent one) is current
+  for the whole exchange, streamed body included, so the engine's spans nest under it. The probes and `/metrics`
+  get no span (scrapers and kubelets would drown the traces).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,13 +33,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy import logs, telemetry
 from proxy.engine import Engine
 from proxy.fronts.http_common import error_for_path
 from proxy.fronts.prometheus import metrics_route_handler
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+UNTRACED_PATHS = PUBLIC_PATHS | {"/metrics"}
+ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/mcp"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_PROPAGATION = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -64,6 +74,30 @@ def token_allowed(presented: str | None, tokens: Sequence[str]) -> bool:
     return allowed
 
 
+def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> trace.Span:
+    carrier = {}
+    for key, value in scope.get("headers", ()):
+        name = key.decode("latin-1")
+        if name in _PROPAGATION:
+            carrier[name] = value.decode("latin-1")
+    parent = propagate.extract(carrier) if carrier else None
+    method = scope.get("method", "GET")
+    path = scope.get("path", "")
+    attributes = {
+        "http.request.method": method,
+        "url.path": path,
+        "url.scheme": scope.get("scheme", "http"),
+        "proxy.request_id": request_id,
+    }
+    if path in ROUTES:
+        attributes["http.route"] = path
+    server = scope.get("server")
+    if server and server[1] is not None:
+        attributes["server.address"], attributes["server.port"] = server[0], server[1]
+    name = f"{method} {path}" if path in ROUTES else method
+    return tracing.start_span(name, parent, trace.SpanKind.SERVER, attributes)
+
+
 class ProxyMiddleware:
     """Request ids and bearer-token auth around every route (see the module docstring)."""
 
@@ -78,11 +112,42 @@ class ProxyMiddleware:
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
+        id_token = logs.request_id.set(request_id)
+        tracing = telemetry.active()
+        try:
+            if tracing is None or scope.get("path", "") in UNTRACED_PATHS:
+                await self._serve(scope, receive, send, request_id)
+                return
+            span = _server_span(scope, tracing, request_id)
+            context_token = otel_context.attach(trace.set_span_in_context(span))
+            status: list[int] = []
+            try:
+                await self._serve(scope, receive, send, request_id, status)
+            except BaseException as exc:
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+                raise
+            finally:
+                if status:
+                    span.set_attribute("http.response.status_code", status[0])
+                    if status[0] >= 500:
+                        span.set_attribute("error.type", str(status[0]))
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                span.end()
+                otel_context.detach(context_token)
+        finally:
+            logs.request_id.reset(id_token)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, status: list[int] | None = None
+    ) -> None:
         raw_id = request_id.encode()
         version = self.engine.runtime.config.version_hash.encode()  # the config this request starts on
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if status is not None:
+                    status.append(message["status"])
                 headers = [(k, v) for k, v in message.get("headers", ()) if k != b"x-request-id"]
                 headers.append((b"x-request-id", raw_id))
                 headers.append((b"x-llm-proxy-config-version", version))

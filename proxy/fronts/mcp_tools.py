@@ -10,7 +10,10 @@ engine once per call (the engine reads its runtime once per request, so a reload
 - while the server shuts down, new calls are refused (`McpFront.closing`) and running ones are counted, so the
   shutdown can wait for them;
 - a `ProxyError` becomes the tool error of `tool_results.proxy_error_result`; anything else is a bug: logged with
-  its traceback, reported without its text.
+  its traceback, reported without its text;
+- each call gets its own request id (`proxy.logs.request_id`), so its log lines (the engine's request line
+  included) and its `proxy.request` span carry it. The MCP SDK opens the `tools/call <name>` span itself (MCP_SDK.md
+  section 7); the engine's span nests under it because the SDK's tracer follows `proxy.telemetry`.
 
 Streaming (`stream: true`): the engine's stream is read to its end; each text delta goes to the client as a
 progress notification (`message` = the delta, `progress` = characters so far), a no-op when the client sent no
@@ -22,6 +25,7 @@ cancels the upstream call.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -32,6 +36,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
+from proxy import logs
 from proxy.config.suggest import did_you_mean
 from proxy.errors import ProxyError, RequestError
 from proxy.fronts.tool_results import (
@@ -123,6 +128,7 @@ class ProxyTool(Tool):
         if front.closing:
             return shutting_down_result()
         front.call_started()
+        token = logs.request_id.set(f"req_{uuid.uuid4().hex}")
         try:
             return await super().run(arguments, context, convert_result=convert_result)
         except ToolError as exc:  # the SDK wraps what the function raised; `__cause__` is the original
@@ -132,6 +138,7 @@ class ProxyTool(Tool):
             log.error("tool %s failed", self.name, exc_info=cause or exc)
             return internal_error_result(self.name, cause or exc)
         finally:
+            logs.request_id.reset(token)
             front.call_finished()
 
 

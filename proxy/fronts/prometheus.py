@@ -21,6 +21,16 @@ pays nothing for the exposition. Names follow Prometheus conventions (`_total` c
     llm_proxy_breaker_state{provider,target,state}     1 for the target's current state, 0 for the others
     llm_proxy_reloads_total{result}                    applied|rejected
     llm_proxy_config_info{version}                     always 1
+    llm_proxy_overhead_seconds                         the proxy's own time per request (histogram): its latency
+                                                       minus upstream calls, backoffs and rate-limit waits
+    gen_ai_client_operation_duration_seconds{...}      per upstream call (histogram, the GenAI convention's
+                                                       buckets); labels gen_ai_operation_name,
+                                                       gen_ai_provider_name, gen_ai_request_model,
+                                                       gen_ai_response_model, error_type, provider
+    gen_ai_client_token_usage{..., gen_ai_token_type}  tokens per answered call (histogram, powers of 4)
+
+The GenAI names are the OTel semantic conventions' (PROTOCOLS.md section 6) in Prometheus spelling (dots become
+underscores, the unit a suffix); the same store is pushed over OTLP with the OTel names (proxy/telemetry.py).
 """
 
 from __future__ import annotations
@@ -34,16 +44,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.engine import Engine
-from proxy.metrics import LATENCY_BUCKETS, LatencyWindow
+from proxy.metrics import LATENCY_BUCKETS, Histogram, LatencyWindow, genai_provider_name
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BREAKER_STATES = ("closed", "open", "half_open")
 
 
-def _histogram(family: HistogramMetricFamily, labels: list[str], window: LatencyWindow) -> None:
+_GENAI_LABELS = [
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "provider",
+]
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], window: LatencyWindow | Histogram) -> None:
+    bounds = window.bounds if isinstance(window, Histogram) else LATENCY_BUCKETS
     cumulative = 0
     buckets = []
-    for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), window.buckets, strict=True):
+    for bound, count in zip((*map(str, bounds), "+Inf"), window.buckets, strict=True):
         cumulative += count
         buckets.append((bound, cumulative))
     family.add_metric(labels, buckets, window.total)
@@ -77,6 +97,35 @@ class EngineCollector(Collector):
         info = GaugeMetricFamily("llm_proxy_config_info", "The config version being served.", labels=["version"])
         info.add_metric([engine.runtime.config.version_hash], 1)
         yield info
+        yield from self._genai(engine)
+
+    def _genai(self, engine: Engine) -> Iterator[Metric]:
+        metrics = engine.metrics
+        overhead = HistogramMetricFamily(
+            "llm_proxy_overhead_seconds",
+            "The proxy's own time per request: latency minus upstream calls, backoffs and rate-limit waits.",
+            labels=[],
+        )
+        _histogram(overhead, [], metrics.overhead)
+        yield overhead
+        duration = HistogramMetricFamily(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration (one per upstream call).",
+            labels=[*_GENAI_LABELS, "error_type"],
+        )
+        tokens = HistogramMetricFamily(
+            "gen_ai_client_token_usage",
+            "Number of input and output tokens used (one per answered upstream call).",
+            labels=[*_GENAI_LABELS, "gen_ai_token_type"],
+        )
+        for (provider, provider_type, request_model, response_model, error), stats in metrics.operations.items():
+            labels = ["chat", genai_provider_name(provider_type), request_model, response_model, provider]
+            _histogram(duration, [*labels, error], stats.duration)
+            for kind, histogram in (("input", stats.input_tokens), ("output", stats.output_tokens)):
+                if histogram.count:
+                    _histogram(tokens, [*labels, kind], histogram)
+        yield duration
+        yield tokens
 
     def _requests(self, engine: Engine) -> Iterator[Metric]:
         metrics = engine.metrics

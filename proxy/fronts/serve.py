@@ -14,7 +14,8 @@ flight the moment SIGTERM arrives, MCP_SDK.md §8b) is turned off: SSE streams a
 
 `build_http_app` is the proxy's whole HTTP app; its `ProxyMiddleware` guards every route but `/healthz` and `/readyz`
 with the config's `server.auth.bearer_tokens`.
-Closing the engine is the caller's job (it opened it). Logs go to the `logging` module, never to stdout.
+Closing the engine is the caller's job (it opened it). Logs go to the `logging` module, never to stdout; the
+drain is traced (`proxy.drain`: the calls in flight when it began, and whether they all finished in time).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from proxy import telemetry
 from proxy.errors import ProxyError
 from proxy.fronts.mcp_server import McpFront
 
@@ -156,10 +158,14 @@ class _Shutdown:
     async def drain(self, front: McpFront, grace_period: float, requests: RequestCounter | None = None) -> None:
         """Wait (at most `grace_period`) for the tool calls in flight, then for their HTTP responses."""
         front.closing = True
-        with self.drain_scope, anyio.move_on_after(grace_period):
-            await front.drain(grace_period)
-            if requests is not None:
-                await requests.wait_idle()
+        attributes = {"proxy.drain.in_flight": front.in_flight, "proxy.drain.grace_period_s": grace_period}
+        with telemetry.span("proxy.drain", attributes) as span:
+            with self.drain_scope, anyio.move_on_after(grace_period):
+                await front.drain(grace_period)
+                if requests is not None:
+                    await requests.wait_idle()
+            if span is not None:
+                span.set_attribute("proxy.drain.left", front.in_flight)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -218,7 +224,7 @@ async def serve_http(
     )
 
     def started() -> None:
-        log.info("MCP over streamable HTTP at %s", url)
+        log.info("MCP over streamable HTTP at %s (listening on %s:%d)", url, host, bound_port, extra={"url": url})
         if on_ready is not None:
             on_ready(url)
 

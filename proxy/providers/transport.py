@@ -21,6 +21,10 @@ Messages name the provider and the upstream's `host:port`, never headers or keys
 A caller that is cancelled (or leaves the `async with` early) aborts the connection instead of returning it to the
 pool, so the upstream sees the client go away; a reply read to its end goes back to the pool for reuse.
 
+Trace context: when a span is current (with traces on, the dispatch makes each attempt's CLIENT span current while
+its call is sent), its W3C `traceparent` (and `tracestate`) go upstream with the request; otherwise the headers are
+sent as encoded, untouched.
+
 Imports nothing from `proxy` but the error tree, the codec interface's `HttpCall` and the config's `TimeoutConfig`.
 """
 
@@ -34,6 +38,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry import propagate, trace
 
 from proxy import __version__
 from proxy.config.model import TimeoutConfig
@@ -277,11 +282,15 @@ class Transport:
         key's header to another host.
         """
         session = self._open_session()
+        headers = call.headers
+        if trace.get_current_span().get_span_context().is_valid:  # an attempt span: send its trace context
+            headers = dict(headers)
+            propagate.inject(headers)
         deadline = asyncio.timeout_at(first_byte_deadline)
         try:
             async with deadline:
                 return await session.request(
-                    call.method, call.url, data=call.body, headers=call.headers, allow_redirects=False
+                    call.method, call.url, data=call.body, headers=headers, allow_redirects=False
                 )
         except _TRANSPORT_ERRORS as exc:
             raise self._map_error(exc, url=call.url, stage="request", first_byte_expired=deadline.expired()) from exc

@@ -1,0 +1,288 @@
+"""The spans of one client request, made only when traces are on (`proxy.telemetry.active()` is not None):
+
+    POST /v1/chat/completions (SERVER, ProxyMiddleware) | tools/call complete_text (SERVER, the MCP SDK's own)
+      proxy.request            INTERNAL: the request as the engine saw it, its outcome
+        proxy.route            INTERNAL: one per model plan reached: strategy, candidate order, unavailable targets
+        chat {model}           CLIENT: one per upstream attempt, the GenAI semantic-convention attributes
+
+Events on `proxy.request` make the walk visible: `proxy.cache.hit`, `proxy.ratelimit.wait`, `proxy.target.skipped`
+(breaker open, disabled, cannot fit, rate limited), `proxy.retry` (with the backoff), `proxy.fallback`,
+`proxy.breaker.open` (a failure tripped a breaker). Attempt spans carry the GenAI attributes
+(PROTOCOLS.md section 6) plus `proxy.attempt`, `proxy.fallback_index` (targets tried before this one),
+`proxy.ratelimit.wait_ms`, `proxy.provider`/`proxy.target` (config names), `proxy.stream.truncated`.
+
+Nothing here records prompt or answer text unless `capture_content` is on (then `gen_ai.input.messages`,
+`gen_ai.system_instructions`, `gen_ai.output.messages` as JSON strings). The same goes for error messages, which
+quote the upstream's and so may echo the prompt: a failed span's status says only the error's class (and HTTP
+status) unless content is captured, and even then passes through `proxy.logs.redact`.
+
+Spans are ended explicitly and never made current across an `await` of the caller's, so a stream read from several
+tasks keeps a consistent tree; the dispatch makes an attempt span current only while its call runs (so the
+transport sends its `traceparent`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from proxy.errors import ProxyError
+from proxy.logs import redact, request_id
+from proxy.metrics import genai_provider_name
+from proxy.policies.retry import error_label
+from proxy.runtime import ModelPlan, PlannedTarget
+from proxy.telemetry import Tracing
+from proxy.types import ChatRequest, ChatResponse, Message, Usage
+
+__all__ = ["RequestTrace", "error_type"]
+
+MAX_STATUS_TEXT = 500
+_servers: dict[str, tuple[str, int] | None] = {}
+
+
+def error_type(error: BaseException) -> str:
+    """`error.type`: the proxy's error kind (`timeout`, `rate_limited`, `server`...), else the class name."""
+    return error_label(error) if isinstance(error, ProxyError) else type(error).__qualname__
+
+
+def _server(provider: object) -> tuple[str, int] | None:
+    """`server.address`/`server.port` of an HTTP provider (from its codec's URL), None for in-process ones."""
+    url = getattr(getattr(provider, "codec", None), "url", None)
+    if not isinstance(url, str):
+        return None
+    found = _servers.get(url)
+    if found is None and url not in _servers:
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            port = 0
+        found = _servers[url] = (parts.hostname, port) if parts.hostname else None
+    return found
+
+
+def _parts(message: Message) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    text = message.text()
+    if text:
+        parts.append({"type": "text", "content": text})
+    for call in message.tool_calls:
+        parts.append({"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments})
+    if message.role == "tool":
+        parts = [{"type": "tool_call_response", "id": message.tool_call_id, "response": text}]
+    return parts
+
+
+def _input_messages(request: ChatRequest) -> dict[str, str]:
+    system = [{"type": "text", "content": m.text()} for m in request.messages if m.role == "system"]
+    messages = [{"role": m.role, "parts": _parts(m)} for m in request.messages if m.role != "system"]
+    found = {"gen_ai.input.messages": json.dumps(messages, ensure_ascii=False)}
+    if system:
+        found["gen_ai.system_instructions"] = json.dumps(system, ensure_ascii=False)
+    return found
+
+
+def _output_messages(response: ChatResponse) -> str:
+    parts: list[dict[str, Any]] = [{"type": "text", "content": response.text}] if response.text else []
+    parts += [{"type": "tool_call", "id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls]
+    message = {"role": "assistant", "parts": parts, "finish_reason": response.finish_reason or "stop"}
+    return json.dumps([message], ensure_ascii=False)
+
+
+def _usage(attributes: dict[str, Any], usage: Usage | None) -> None:
+    if usage is None:
+        return
+    attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+    attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+    if usage.cached_input_tokens:
+        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached_input_tokens
+    if usage.cache_creation_input_tokens:
+        attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_creation_input_tokens
+    if usage.reasoning_tokens:
+        attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+
+
+def _fail(span: trace.Span, error: BaseException, capture: bool) -> None:
+    span.set_attribute("error.type", error_type(error))
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        span.set_attribute("http.response.status_code", status)
+    if capture and isinstance(error, ProxyError):
+        text = redact(error.message[:MAX_STATUS_TEXT])
+    else:
+        text = type(error).__name__ + (f" (HTTP {status})" if isinstance(status, int) else "")
+    span.set_status(Status(StatusCode.ERROR, text))
+
+
+class RequestTrace:
+    """The `proxy.request` span of one client request and the spans and events under it (module docstring)."""
+
+    __slots__ = ("capture", "context", "span", "start")
+
+    def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, config_version: str) -> None:
+        self.start = tracing.start_span
+        self.capture = tracing.capture_content
+        attributes: dict[str, Any] = {"proxy.stream": stream, "proxy.config.version": config_version}
+        if request.model:
+            attributes["proxy.model.requested"] = request.model
+        rid = request_id.get()
+        if rid:
+            attributes["proxy.request_id"] = rid
+        self.span = self.start("proxy.request", None, SpanKind.INTERNAL, attributes)  # under the current span
+        self.context = trace.set_span_in_context(self.span)
+
+    @property
+    def trace_id(self) -> str | None:
+        context = self.span.get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid else None
+
+    # --- routing ----------------------------------------------------------------------------------------------
+
+    def start_route(self, plan: ModelPlan, position: int) -> trace.Span:
+        if position == 0:
+            self.span.set_attribute("proxy.route", plan.model.name)
+        attributes = {"proxy.route": plan.model.name, "proxy.routing.strategy": plan.model.strategy}
+        if position:
+            attributes["proxy.routing.fallback_model"] = True
+        return self.start("proxy.route", self.context, SpanKind.INTERNAL, attributes)
+
+    def end_route(self, span: trace.Span, plan: ModelPlan, order: list[int], available: list[bool]) -> None:
+        targets = plan.targets
+        span.set_attribute("proxy.routing.candidates", tuple(targets[index].label for index in order))
+        unavailable = tuple(t.label for t, ok in zip(targets, available, strict=True) if not ok)
+        if unavailable:
+            span.set_attribute("proxy.routing.unavailable", unavailable)
+        span.end()
+
+    # --- attempts ---------------------------------------------------------------------------------------------
+
+    def start_attempt(
+        self, target: PlannedTarget, request: ChatRequest, *, attempt: int, fallback_index: int, waited: float
+    ) -> trace.Span:
+        """The CLIENT span of one upstream call; make it current (`enter`) while the call is sent."""
+        assert target.bound is not None
+        provider = target.bound.provider
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": genai_provider_name(provider.type),
+            "gen_ai.request.model": target.model,
+            "gen_ai.request.stream": request.stream,
+            "proxy.provider": target.provider,
+            "proxy.target": target.label,
+            "proxy.attempt": attempt,
+            "proxy.fallback_index": fallback_index,
+            "proxy.ratelimit.wait_ms": waited * 1000.0,
+        }
+        server = _server(provider)
+        if server is not None:
+            attributes["server.address"], attributes["server.port"] = server
+        if request.max_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            attributes["gen_ai.request.temperature"] = request.temperature
+        if request.top_p is not None:
+            attributes["gen_ai.request.top_p"] = request.top_p
+        if request.seed is not None:
+            attributes["gen_ai.request.seed"] = request.seed
+        if request.stop:
+            attributes["gen_ai.request.stop_sequences"] = tuple(request.stop)
+        if self.capture:
+            attributes.update(_input_messages(request))
+        return self.start(f"chat {target.model}", self.context, SpanKind.CLIENT, attributes)
+
+    @staticmethod
+    def enter(span: trace.Span) -> object:
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def leave(token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+    def attempt_succeeded(self, span: trace.Span, response: ChatResponse | None, usage: Usage | None) -> None:
+        attributes: dict[str, Any] = {}
+        if response is not None:
+            if response.model:
+                attributes["gen_ai.response.model"] = response.model
+            if response.id:
+                attributes["gen_ai.response.id"] = response.id
+            if response.finish_reason:
+                attributes["gen_ai.response.finish_reasons"] = (response.finish_reason,)
+            if self.capture:
+                attributes["gen_ai.output.messages"] = _output_messages(response)
+        _usage(attributes, usage)
+        span.set_attributes(attributes)
+        span.end()
+
+    def attempt_failed(
+        self, span: trace.Span, error: BaseException, *, truncated: bool = False, breaker_opened: bool = False
+    ) -> None:
+        if truncated:
+            span.set_attribute("proxy.stream.truncated", True)
+        if breaker_opened:
+            span.add_event("proxy.breaker.open")
+        _fail(span, error, self.capture)
+        span.end()
+
+    # --- events on the request span -----------------------------------------------------------------------------
+
+    def cache_hit(self, *, shared: bool = False) -> None:
+        self.span.set_attribute("proxy.cache.hit", True)
+        self.span.add_event("proxy.cache.hit", {"proxy.cache.shared": shared})
+
+    def skipped(self, label: str, reason: str) -> None:
+        self.span.add_event("proxy.target.skipped", {"proxy.target": label, "proxy.skip.reason": reason})
+
+    def ratelimit_wait(self, label: str, waited: float, admitted: bool) -> None:
+        attributes = {"proxy.target": label, "proxy.ratelimit.wait_ms": waited * 1000.0, "proxy.admitted": admitted}
+        self.span.add_event("proxy.ratelimit.wait", attributes)
+
+    def retry(self, label: str, attempt: int, error: ProxyError, delay: float) -> None:
+        attributes = {
+            "proxy.target": label,
+            "proxy.attempt": attempt,
+            "error.type": error_type(error),
+            "proxy.backoff_ms": delay * 1000.0,
+        }
+        self.span.add_event("proxy.retry", attributes)
+
+    def fallback(self, label: str, error: ProxyError) -> None:
+        self.span.add_event("proxy.fallback", {"proxy.target": label, "error.type": error_type(error)})
+
+    def breaker_opened(self, label: str) -> None:
+        self.span.add_event("proxy.breaker.open", {"proxy.target": label})
+
+    # --- the outcome ------------------------------------------------------------------------------------------
+
+    def succeeded(self, response: ChatResponse) -> None:
+        """The answer: who gave it (the attempt span has the details), or, for a cache hit, its usage."""
+        attributes: dict[str, Any] = {
+            "proxy.route": response.route,
+            "proxy.cache.hit": response.cached,
+            "proxy.attempts": len(response.attempts),
+            "proxy.provider": response.provider,
+        }
+        if response.cached:
+            attributes["gen_ai.response.model"] = response.model
+            _usage(attributes, response.usage)
+        elif response.cost:
+            attributes["proxy.cost_usd"] = response.cost
+        self.span.set_attributes(attributes)
+        self.span.end()
+
+    def failed(self, error: BaseException, *, truncated: bool = False) -> None:
+        span = self.span
+        if truncated:
+            span.set_attribute("proxy.stream.truncated", True)
+        attempts = getattr(error, "attempts", None)
+        if attempts is not None:
+            span.set_attribute("proxy.attempts", len(attempts))
+        if isinstance(error, Exception):
+            _fail(span, error, self.capture)
+        else:  # cancelled (GeneratorExit, CancelledError): the client went away
+            span.set_attribute("proxy.cancelled", True)
+        span.end()

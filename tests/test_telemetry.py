@@ -1,0 +1,303 @@
+"""Traces of real requests, captured with the SDK's `InMemorySpanExporter`: the span tree and its attributes for a
+plain call, a call that retried then fell back, a cache hit, a stream, a truncated stream, an MCP tool call (under
+the SDK's own `tools/call` span), an HTTP request honouring the client's `traceparent` (and sending one upstream);
+and with traces off, no span and no `traceparent` at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
+import pytest
+from mcp import Client
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from proxy import telemetry
+from proxy.config import load_config_text
+from proxy.engine import Engine
+from proxy.errors import StreamInterrupted
+from proxy.fronts import openai_api
+from proxy.fronts.mcp_server import McpFront
+from proxy.runtime import Runtime
+from proxy.types import ChatRequest
+from tests.fakes import ModelReply, OpenAIFake
+from tests.http_server import engine_app
+
+KEY = "test-telemetry-upstream-key-0123"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+CONFIG = """
+version: 1
+providers:
+  good: {type: mock, mock: {reply: "the answer is four", chunk_size: 1}}
+  flaky: {type: mock, mock: {fault: {status: 503}}}
+  cut: {type: mock, mock: {reply: "alpha beta gamma delta epsilon", fault: {cut_after: 2}}}
+models:
+  default: {targets: [{provider: good, model: good-1}]}
+  shaky: {targets: [{provider: flaky, model: flaky-1}, {provider: good, model: good-1}]}
+  cut: {targets: [{provider: cut, model: cut-1}]}
+retry: {max_attempts: 2, initial_backoff: 1ms, max_backoff: 1ms, jitter: none}
+"""
+
+
+def make_engine(text: str = CONFIG, env: dict[str, str] | None = None) -> Engine:
+    return Engine(Runtime.build(load_config_text(text, env=env or {})))
+
+
+@contextmanager
+def traced(*, capture_content: bool = False) -> Iterator[InMemorySpanExporter]:
+    """Traces on, into memory, inside the block."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    previous = telemetry.install(telemetry.Tracing(provider, capture_content=capture_content))
+    try:
+        yield exporter
+    finally:
+        telemetry.install(previous)
+        provider.shutdown()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Traces on, into memory, for this test only."""
+    with traced() as exporter:
+        yield exporter
+
+
+def by_name(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [span for span in exporter.get_finished_spans() if span.name == name]
+
+
+def one(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    found = by_name(exporter, name)
+    assert len(found) == 1, [span.name for span in exporter.get_finished_spans()]
+    return found[0]
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def events(span: ReadableSpan) -> list[tuple[str, dict]]:
+    return [(event.name, dict(event.attributes or {})) for event in span.events]
+
+
+async def test_a_plain_call_is_a_request_span_with_a_routing_span_and_one_client_span(spans):
+    engine = make_engine()
+    response = await engine.complete(ChatRequest.from_prompt("what is 2+2?", max_tokens=50, temperature=0.5))
+    request = one(spans, "proxy.request")
+    route = one(spans, "proxy.route")
+    attempt = one(spans, "chat good-1")
+    assert request.parent is None  # nothing was current: a root
+    assert parent_of(route) == parent_of(attempt) == request.context.span_id
+    assert {route.context.trace_id, attempt.context.trace_id} == {request.context.trace_id}
+    assert request.kind is SpanKind.INTERNAL and attempt.kind is SpanKind.CLIENT
+    a = dict(attempt.attributes)
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.provider.name"] == "mock"
+    assert a["gen_ai.request.model"] == "good-1"
+    assert a["gen_ai.request.max_tokens"] == 50
+    assert a["gen_ai.request.temperature"] == 0.5
+    assert a["gen_ai.request.stream"] is False
+    assert a["gen_ai.response.model"] == response.model
+    assert a["gen_ai.response.finish_reasons"] == (response.finish_reason,)
+    assert a["gen_ai.usage.input_tokens"] == response.usage.input_tokens
+    assert a["gen_ai.usage.output_tokens"] == response.usage.output_tokens
+    assert (a["proxy.attempt"], a["proxy.fallback_index"], a["proxy.ratelimit.wait_ms"]) == (1, 0, 0.0)
+    assert (a["proxy.provider"], a["proxy.target"]) == ("good", "good/good-1")
+    assert "server.address" not in a  # an in-process provider has no server
+    assert "error.type" not in a and attempt.status.status_code is StatusCode.UNSET
+    r = dict(request.attributes)
+    assert r["proxy.route"] == "default" and r["proxy.cache.hit"] is False
+    assert r["proxy.config.version"] == engine.runtime.config.version_hash
+    assert r["proxy.provider"] == "good" and "gen_ai.usage.output_tokens" not in r  # on the attempt span
+    assert dict(route.attributes)["proxy.routing.candidates"] == ("good/good-1",)
+    assert dict(route.attributes)["proxy.routing.strategy"] == "fallback"
+    assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a  # capture_content is off
+
+
+async def test_retries_then_a_fallback_show_as_attempt_spans_and_events(spans):
+    engine = make_engine()
+    response = await engine.complete(ChatRequest.from_prompt("hello", model="shaky"))
+    assert response.provider == "good"
+    request = one(spans, "proxy.request")
+    failed = sorted(by_name(spans, "chat flaky-1"), key=lambda span: span.start_time)
+    answered = one(spans, "chat good-1")
+    assert [dict(s.attributes)["proxy.attempt"] for s in failed] == [1, 2]
+    for span in failed:
+        assert span.status.status_code is StatusCode.ERROR
+        assert dict(span.attributes)["error.type"] == "overloaded"
+        assert dict(span.attributes)["proxy.fallback_index"] == 0
+        assert parent_of(span) == request.context.span_id
+    assert dict(answered.attributes)["proxy.fallback_index"] == 1
+    assert dict(answered.attributes)["proxy.attempt"] == 1
+    assert failed[0].end_time <= failed[1].start_time <= failed[1].end_time <= answered.start_time
+    names = [name for name, _ in events(request)]
+    assert names == ["proxy.retry", "proxy.fallback"]
+    retry, fallback = (attributes for _, attributes in events(request))
+    assert retry == {
+        "proxy.target": "flaky/flaky-1",
+        "proxy.attempt": 1,
+        "error.type": "overloaded",
+        "proxy.backoff_ms": 1.0,
+    }
+    assert fallback == {"proxy.target": "flaky/flaky-1", "error.type": "overloaded"}
+    assert dict(request.attributes)["proxy.attempts"] == 3
+    assert request.status.status_code is StatusCode.UNSET
+
+
+async def test_an_open_breaker_is_a_skip_event_and_every_failure_is_an_error_span(spans):
+    text = CONFIG.replace("flaky: {type: mock,", "flaky: {type: mock, breaker: {failures: 1, cooldown: 60s},")
+    engine = make_engine(text)
+    await engine.complete(ChatRequest.from_prompt("hello", model="shaky"))  # trips flaky's breaker
+    first = one(spans, "proxy.request")
+    assert ("proxy.breaker.open", {"proxy.target": "flaky/flaky-1"}) in events(first)
+    spans.clear()
+    await engine.complete(ChatRequest.from_prompt("again", model="shaky"))
+    second = one(spans, "proxy.request")
+    assert ("proxy.target.skipped", {"proxy.target": "flaky/flaky-1", "proxy.skip.reason": "breaker_open"}) in events(
+        second
+    )
+    assert not by_name(spans, "chat flaky-1")
+    assert dict(one(spans, "proxy.route").attributes)["proxy.routing.unavailable"] == ("flaky/flaky-1",)
+
+
+async def test_a_cache_hit_has_no_attempt_span(spans):
+    engine = make_engine()
+    request = ChatRequest.from_prompt("cache me", temperature=0)
+    await engine.complete(request)
+    spans.clear()
+    hit = await engine.complete(request)
+    assert hit.cached
+    span = one(spans, "proxy.request")
+    assert not [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert dict(span.attributes)["proxy.cache.hit"] is True
+    assert dict(span.attributes)["gen_ai.usage.output_tokens"] == hit.usage.output_tokens
+    assert events(span) == [("proxy.cache.hit", {"proxy.cache.shared": False})]
+
+
+async def test_a_stream_has_one_client_span_lasting_until_its_end(spans):
+    engine = make_engine()
+    stream = engine.stream(ChatRequest.from_prompt("stream it"))
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.text for c in chunks) == "the answer is four"
+    request = one(spans, "proxy.request")
+    attempt = one(spans, "chat good-1")
+    a = dict(attempt.attributes)
+    assert a["gen_ai.request.stream"] is True
+    assert a["gen_ai.usage.output_tokens"] == stream.response.usage.output_tokens
+    assert a["gen_ai.response.finish_reasons"] == ("stop",)
+    assert dict(request.attributes)["proxy.stream"] is True
+    assert parent_of(attempt) == request.context.span_id
+    assert attempt.end_time <= request.end_time
+
+
+async def test_a_truncated_stream_is_marked_on_both_spans(spans):
+    engine = make_engine()
+    stream = engine.stream(ChatRequest.from_prompt("cut it", model="cut"))
+    received = []
+    with pytest.raises(StreamInterrupted):
+        async for chunk in stream:
+            received.append(chunk.text)
+    assert "".join(received).strip() == "alpha beta"
+    request = one(spans, "proxy.request")
+    attempt = one(spans, "chat cut-1")
+    for span in (request, attempt):
+        assert span.status.status_code is StatusCode.ERROR
+        assert dict(span.attributes)["proxy.stream.truncated"] is True
+    assert dict(attempt.attributes)["error.type"] == "interrupted"
+    assert "alpha" not in (request.status.description or "")  # the partial answer stays out of the trace
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_an_mcp_tool_call_nests_under_the_sdk_span(spans, mode):
+    engine = make_engine()
+    async with Client(McpFront(engine).server, mode=mode) as client:
+        result = await client.call_tool("complete_text", {"prompt": "hi over mcp"})
+    assert not result.is_error
+    tool = one(spans, "tools/call complete_text")
+    request = one(spans, "proxy.request")
+    attempt = one(spans, "chat good-1")
+    assert tool.kind is SpanKind.SERVER
+    assert parent_of(request) == tool.context.span_id
+    assert parent_of(attempt) == request.context.span_id
+    assert request.context.trace_id == tool.context.trace_id
+    assert dict(request.attributes)["proxy.request_id"].startswith("req_")
+
+
+async def test_http_honours_traceparent_and_sends_one_upstream(spans, start_fake):
+    fake = await start_fake(OpenAIFake(api_key=KEY))
+    fake.script(ModelReply(text=("Hi", " there")))
+    config = f"""
+version: 1
+providers:
+  openai: {{type: openai, base_url: "{fake.base_url}", api_key: "${{KEY}}"}}
+models:
+  default: {{targets: [{{provider: openai, model: gpt-4o-mini}}]}}
+"""
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"traceparent": traceparent, "x-request-id": "req-from-client"}
+    async with (
+        engine_app(config, api_routes=openai_api.routes, env={"KEY": KEY}) as (base_url, _),
+        aiohttp.ClientSession(base_url) as session,
+        session.post("/v1/chat/completions", json=body, headers=headers) as reply,
+    ):
+        assert reply.status == 200
+        await reply.read()
+    server = one(spans, "POST /v1/chat/completions")
+    request = one(spans, "proxy.request")
+    attempt = one(spans, "chat gpt-4o-mini")
+    assert server.kind is SpanKind.SERVER
+    assert format(server.context.trace_id, "032x") == TRACE_ID
+    assert format(parent_of(server), "016x") == PARENT_ID
+    assert parent_of(request) == server.context.span_id
+    s = dict(server.attributes)
+    assert (s["http.request.method"], s["http.route"], s["http.response.status_code"]) == (
+        "POST",
+        "/v1/chat/completions",
+        200,
+    )
+    assert s["proxy.request_id"] == dict(request.attributes)["proxy.request_id"] == "req-from-client"
+    a = dict(attempt.attributes)
+    assert (a["server.address"], a["server.port"]) == ("127.0.0.1", fake.port)
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.response.id"]
+    sent = fake.last_request.header("traceparent")
+    assert sent == f"00-{TRACE_ID}-{format(attempt.context.span_id, '016x')}-01"
+
+
+async def test_with_traces_off_nothing_is_recorded_and_no_traceparent_is_sent(start_fake):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.get_tracer("a test")  # a provider exists, but it is not the active one
+    previous = telemetry.install(None)
+    try:
+        fake = await start_fake(OpenAIFake(api_key=KEY))
+        fake.script(ModelReply(text=("ok",)))
+        config = f"""
+version: 1
+providers:
+  openai: {{type: openai, base_url: "{fake.base_url}", api_key: "${{KEY}}"}}
+models:
+  default: {{targets: [{{provider: openai, model: gpt-4o-mini}}]}}
+"""
+        engine = make_engine(config, {"KEY": KEY})
+        try:
+            async with Client(McpFront(engine).server) as client:
+                await client.call_tool("complete_text", {"prompt": "hi"})
+        finally:
+            await engine.aclose()
+        assert fake.last_request.header("traceparent") is None
+        assert exporter.get_finished_spans() == ()
+    finally:
+        telemetry.install(previous)
+        provider.shutdown()

@@ -1,0 +1,104 @@
+"""The lean span path (proxy/otel_fast.py): `encode_spans` writes exactly the message the stock OTLP encoder builds,
+for the proxy's spans and the SDK's alike; `FastSpan`s follow the provider's sampler and their parents; the installed
+OTLP exporter offers the client the fast exporter sends with."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from proxy.otel_fast import FastOTLPSpanExporter, FastSpan, encode_spans
+from proxy.telemetry import Tracing
+
+REMOTE = SpanContext(
+    0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(1), TraceState([("v", "1")])
+)
+
+
+def provider_with(sampler=None) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    resource = Resource.create({"service.name": "fast-test", "count": 3, "ratio": 0.5, "flag": True})
+    provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_encoding_matches_the_stock_encoder():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    sdk = provider.get_tracer("other-library", "9.9", schema_url="https://example.com/schema")
+    remote = trace.set_span_in_context(NonRecordingSpan(REMOTE))
+    attributes = {"http.request.method": "POST", "n": -5, "one": 1, "yes": True}
+    server = tracing.start_span("POST /x", remote, SpanKind.SERVER, attributes)
+    inside = trace.set_span_in_context(server)
+    attributes = {"tuple": ("a", "é"), "f": 1.25, "b": False, "one": True, "yes": 1}  # same keys, other types
+    child = tracing.start_span("chat m", inside, SpanKind.CLIENT, attributes)
+    child.add_event("proxy.retry", {"proxy.attempt": 1, "error.type": "timeout"})
+    child.set_status(Status(StatusCode.ERROR, "UpstreamTimeout"))
+    child.end()
+    server.set_attributes({"big": 2**62, "empty": "", "nested": {"k": "v", "n": [1, 2]}})
+    server.end()
+    with sdk.start_as_current_span("sdk span", links=[Link(REMOTE, {"why": "test"})], kind=SpanKind.PRODUCER) as span:
+        span.set_attribute("bytes", b"\x00\x01")
+        span.add_event("plain")
+        span.set_status(StatusCode.OK)
+    sdk.start_span("consumer", kind=SpanKind.CONSUMER).end()
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 4
+    for _ in range(2):  # the second time from the encoder's cache of repeated attributes
+        assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == stock_encode(spans)
+    provider.shutdown()
+
+
+def test_fast_spans_follow_the_sampler_and_their_parents():
+    provider, exporter = provider_with(ParentBased(TraceIdRatioBased(0.0)))
+    tracing = Tracing(provider)
+    root = tracing.start_span("root")
+    assert not root.is_recording() and not isinstance(root, FastSpan)  # ratio 0: dropped at the root
+    sampled_parent = trace.set_span_in_context(NonRecordingSpan(REMOTE))  # a client's sampled traceparent
+    server = tracing.start_span("server", sampled_parent, SpanKind.SERVER)
+    assert isinstance(server, FastSpan)
+    child = tracing.start_span("child", trace.set_span_in_context(server))
+    assert child.get_span_context().trace_id == REMOTE.trace_id
+    child.end()
+    server.end()
+    unsampled = SpanContext(REMOTE.trace_id, REMOTE.span_id, True, TraceFlags(0))
+    dropped = tracing.start_span("dropped", trace.set_span_in_context(NonRecordingSpan(unsampled)))
+    assert not dropped.is_recording()
+    names = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(names) == {"server", "child"}
+    assert names["server"].parent == REMOTE and names["child"].parent.span_id == server.get_span_context().span_id
+    assert names["child"].context.trace_state == REMOTE.trace_state
+    provider.shutdown()
+    off, _ = provider_with(ALWAYS_OFF)
+    assert not Tracing(off).start_span("never").is_recording()
+    off.shutdown()
+
+
+def test_a_fast_span_records_only_an_exceptions_type():
+    provider, exporter = provider_with()
+    span = Tracing(provider).start_span("work")
+    span.record_exception(ValueError("the prompt was: secret words"))
+    span.set_status(StatusCode.OK)
+    span.set_status(StatusCode.ERROR)  # OK is final
+    span.end()
+    span.end()  # once only
+    (finished,) = exporter.get_finished_spans()
+    assert [(e.name, dict(e.attributes)) for e in finished.events] == [("exception", {"exception.type": "ValueError"})]
+    assert finished.status.status_code is StatusCode.OK
+    provider.shutdown()
+
+
+def test_the_installed_exporter_gives_the_fast_path_its_client():
+    exporter = FastOTLPSpanExporter(OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"))
+    assert exporter.fast  # else every export takes the stock (slower) path
+    exporter.shutdown()
