@@ -1,6 +1,6 @@
 """`llm-proxy serve`: run the proxy as an MCP server, over stdio (for MCP hosts) or streamable HTTP (`/mcp`).
 
-    llm-proxy serve [--transport stdio|http] [--host H] [--port P] [--no-watch]
+    llm-proxy serve [--transport stdio|http] [--host H] [--port P] [--workers N] [--no-watch]
 
 The transport defaults to stdio when standard input is not a terminal (an MCP host started us), else http.
 `--host`/`--port` default to the config's `server.http`; `--port 0` takes any free port (the log line says which).
@@ -68,6 +68,14 @@ def add_serve_parser(
     serve.add_argument("--host", default=None, help="HTTP bind address (default: the config's server.http.host)")
     serve.add_argument(
         "--port", type=int, default=None, help="HTTP port (default: the config's server.http.port; 0: any free port)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="HTTP server processes sharing the port (default 1); with `state.backend: memory` every limit must say "
+        "`per_worker: true`",
     )
     serve.add_argument(
         "--no-watch",
@@ -224,6 +232,11 @@ def run_serve(args: argparse.Namespace, config_path: str | None = None) -> int:
     logs.add_secrets(logs.secrets_of(config))
     configure_logging(config.telemetry.logs.level, config.telemetry.logs.format)
     options = serve_options(args, config)
+    workers = getattr(args, "workers", 1)
+    if workers > 1:
+        from proxy.cli_workers import run_workers
+
+        return run_workers(config, options, workers, config_path=path)
     code = 0
     try:
         asyncio.run(serve(config, options))

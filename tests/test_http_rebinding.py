@@ -44,3 +44,15 @@ def test_nothing_configured_keeps_the_sdk_default():
     assert transport_security("0.0.0.0") is None
     settings = transport_security("0.0.0.0", ["proxy.internal:8085"])
     assert settings.allowed_hosts == ["proxy.internal:8085"]
+
+
+def test_the_served_app_has_the_status_page_and_a_workers_flag():
+    engine = Engine(Runtime.build(load_config_text(BASE + "server: {auth: {bearer_tokens: [t0ken-value]}}\n")))
+    app = build_http_app(McpFront(engine), host="127.0.0.1")
+    with TestClient(app) as client:
+        assert client.get("/status").status_code == 200  # the page itself asks for the token
+        assert client.get("/status.json").status_code == 401
+        assert client.get("/status.json", headers={"authorization": "Bearer t0ken-value"}).status_code == 200
+    from proxy.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--workers", "2"]).workers == 2

@@ -35,11 +35,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import logs, telemetry
 from proxy.engine import Engine
+from proxy.fronts import status
 from proxy.fronts.http_common import error_for_path
 from proxy.fronts.prometheus import metrics_route_handler
 
 log = logging.getLogger(__name__)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | status.PUBLIC_PATHS  # the status page asks for its token
 UNTRACED_PATHS = PUBLIC_PATHS | {"/metrics"}
 ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/mcp"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -97,6 +97,7 @@ class EngineCollector(Collector):
         info = GaugeMetricFamily("llm_proxy_config_info", "The config version being served.", labels=["version"])
         info.add_metric([engine.runtime.config.version_hash], 1)
         yield info
+        yield from self._state(engine)
         yield from self._genai(engine)
 
     def _genai(self, engine: Engine) -> Iterator[Metric]:
@@ -197,6 +198,34 @@ class EngineCollector(Collector):
                 errors.add_metric([name, kind], value)
             _histogram(duration, [name], stats_window)
         yield from (attempts, errors, streams, tokens, cost, waits, waited, rejected, duration)
+
+    def _state(self, engine: Engine) -> Iterator[Metric]:
+        """Shared state in Redis (only when used): is it answering, and what ran without it."""
+        state, cache = engine.runtime.state_stats(), engine.cache.stats()
+        redis_cache = cache.get("backend") == "redis"
+        if state is None and not redis_cache:
+            return
+        up = GaugeMetricFamily(
+            "llm_proxy_state_up", "1 while Redis answers, 0 while it is unavailable.", labels=["client"]
+        )
+        fallbacks = CounterMetricFamily(
+            "llm_proxy_state_fallbacks", "Operations served without Redis while it was unavailable.", labels=["what"]
+        )
+        if state is not None:
+            up.add_metric(["limits"], 1 if state["available"] else 0)
+            fallbacks.add_metric(["ratelimit"], state["fallbacks"].get("ratelimit", 0))
+        if redis_cache:
+            up.add_metric(["cache"], 1 if cache["available"] else 0)
+            fallbacks.add_metric(["cache"], cache["fallbacks"])
+        yield up
+        yield fallbacks
+        if state is not None:
+            for name, text, key in (
+                ("llm_proxy_state_refusals", "Calls refused while Redis was unavailable (fail_closed).", "refusals"),
+                ("llm_proxy_state_failures", "Redis operations that failed or timed out.", "failures"),
+                ("llm_proxy_state_outages", "Times Redis became unavailable.", "outages"),
+            ):
+                yield CounterMetricFamily(name, text, value=state[key])
 
     def _breakers(self, engine: Engine) -> Iterator[Metric]:
         runtime = engine.runtime

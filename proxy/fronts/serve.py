@@ -99,14 +99,14 @@ def build_http_app(front: McpFront, *, host: str = "127.0.0.1", routes: Sequence
     """The proxy's whole HTTP app (proxy/fronts/http_app.py): the OpenAI and Anthropic APIs, probes, `/v1/models`,
     `/metrics`, any extra `routes`, and the MCP endpoint at `/mcp` (mounted last: it matches everything); auth and
     request ids come from `ProxyMiddleware`, which reads the bearer tokens from the current config."""
-    from proxy.fronts import anthropic_api, openai_api
+    from proxy.fronts import anthropic_api, openai_api, status
     from proxy.fronts.http_app import build_app
 
     http = front.engine.runtime.config.server.http
     mcp_app, lifespan = mcp_http_app(
         front, host=host, allowed_hosts=http.allowed_hosts, allowed_origins=http.allowed_origins
     )
-    api_routes = [*openai_api.routes, *anthropic_api.routes, *routes]
+    api_routes = [*openai_api.routes, *anthropic_api.routes, *status.routes, *routes]
     return build_app(front.engine, api_routes=api_routes, mcp_app=mcp_app, lifespan=lifespan)
 
 
