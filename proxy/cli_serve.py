@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -217,6 +219,28 @@ async def serve(config: Config, options: ServeOptions, **transport_options: Any)
         tel.shutdown()
 
 
+@contextlib.contextmanager
+def serving_gc() -> Iterator[None]:
+    """While serving (undone after, for a process that goes on): what is loaded by now (modules, the SDK's pydantic
+    models, the config) lives as long as the process, so it is frozen out of the cyclic collector, whose full
+    collections otherwise walk all of it (~100 ms pauses, ~0.2 ms of CPU per request measured by bench/); young
+    objects are collected after 20,000 net allocations instead of 700 (a request in flight holds a few hundred, and
+    reference counting frees almost all of them). Measured: CPU per request 0.41 -> 0.36 ms, c8 p99 47.6 -> 8.7 ms."""
+    import proxy.engine
+    import proxy.fronts.serve
+    import proxy.reload  # noqa: F401  (imported now so that they are frozen too)
+
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def run_serve(args: argparse.Namespace, config_path: str | None = None) -> int:
     """`llm-proxy serve`: exit 0 after a clean shutdown, 1 when the config is invalid or serving cannot start.
 
@@ -239,7 +263,8 @@ def run_serve(args: argparse.Namespace, config_path: str | None = None) -> int:
         return run_workers(config, options, workers, config_path=path)
     code = 0
     try:
-        asyncio.run(serve(config, options))
+        with serving_gc():
+            asyncio.run(serve(config, options))
     except* ProxyError as group:  # ConfigError from building the runtime, ServeError from listening
         for error in group.exceptions:
             print(f"error: {error}", file=sys.stderr)

@@ -33,7 +33,7 @@ import subprocess
 import sys
 from typing import Any
 
-from proxy.cli_serve import ServeOptions, configure_logging, serve
+from proxy.cli_serve import ServeOptions, configure_logging, serve, serving_gc
 from proxy.config.load import load_config
 from proxy.config.model import Config
 from proxy.errors import ConfigError, ProxyError
@@ -283,7 +283,8 @@ def child_main(argv: list[str]) -> int:
     options = ServeOptions(transport="http", host=args.host, port=sock.getsockname()[1], watch=not args.no_watch)
     code = 0
     try:
-        asyncio.run(_child(config, options, sock, args.child, ready, life))
+        with serving_gc():
+            asyncio.run(_child(config, options, sock, args.child, ready, life))
     except* ProxyError as group:  # ConfigError from building the runtime
         for error in group.exceptions:
             print(f"error: {error}", file=sys.stderr)
