@@ -196,7 +196,7 @@ class Engine:
         if not is_cacheable(request, when=when, bypass=bypass):
             return None, 0.0
         ttl = plan.model.cache.ttl if plan.model.cache.ttl is not None else settings.ttl
-        return cache_key(request, plan.cache_scope or plan.model.name, template_version=template_version), ttl
+        return cache_key(request, plan.cache_scope, template_version=template_version), ttl
 
     async def _cache_get(self, key: str) -> ChatResponse | None:
         try:

@@ -95,7 +95,7 @@ class ModelPlan:
     model: ModelConfig
     targets: tuple[PlannedTarget, ...]
     router: Router
-    cache_scope: str = ""  # the model's name plus a hash of its settings: part of the response-cache key
+    cache_scope: str  # the model's name plus a hash of its settings: part of the response-cache key
 
 
 def _price(provider: ProviderConfig, model: str) -> PriceConfig | None:

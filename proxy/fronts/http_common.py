@@ -104,10 +104,6 @@ def _retry_headers(retry_after: float | None) -> dict[str, str]:
     }
 
 
-def _fallback_type(status: int) -> str:
-    return "server_error" if status >= 500 else "invalid_request_error"
-
-
 def openai_error(
     status: int,
     message: str,
