@@ -22,7 +22,7 @@ import pytest
 
 from proxy.config import load_config
 from proxy.engine import Engine
-from proxy.fronts import http_app, openai_api, status
+from proxy.fronts import openai_api, status
 from proxy.fronts.http_app import build_app
 from proxy.reload import Reloader
 from proxy.runtime import Runtime
@@ -195,8 +195,6 @@ async def test_the_page_shows_providers_live_charts_and_a_rejected_reload(browse
 
 
 async def test_with_auth_on_the_page_asks_for_the_token(browser, tmp_path, monkeypatch):
-    # Stands in for the one-line change asked of proxy/fronts/http_app.py (the page shell is public, its data not).
-    monkeypatch.setattr(http_app, "PUBLIC_PATHS", http_app.PUBLIC_PATHS | status.PUBLIC_PATHS)
     monkeypatch.delenv("STATUS_BROWSER_OPENAI_KEY", raising=False)
     path = tmp_path / "proxy.yaml"
     path.write_text(CONFIG + f"server: {{auth: {{bearer_tokens: [{TOKEN}]}}}}\n")

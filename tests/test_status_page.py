@@ -14,7 +14,7 @@ import pytest
 
 from proxy.config import load_config
 from proxy.engine import Engine
-from proxy.fronts import http_app, openai_api, status
+from proxy.fronts import openai_api, status
 from proxy.fronts.http_app import build_app
 from proxy.reload import Reloader
 from proxy.runtime import Runtime
@@ -39,13 +39,6 @@ models:
     targets: [{{provider: paid, model: gpt-4o}}, {{provider: keyed, model: claude-haiku-4-5}}]
     fallback: default
 """
-
-
-@pytest.fixture
-def public_shell(monkeypatch):
-    """Stands in for the one-line change asked of proxy/fronts/http_app.py: the page shell (no data) is served
-    without a token, so its token prompt can load; `/status.json` keeps needing one."""
-    monkeypatch.setattr(http_app, "PUBLIC_PATHS", http_app.PUBLIC_PATHS | status.PUBLIC_PATHS)
 
 
 @pytest.fixture
@@ -130,7 +123,7 @@ async def test_no_secret_is_ever_shown(served):
     assert SECRET not in text and SECRET not in page and "api_key" not in text
 
 
-async def test_auth_guards_the_data_but_not_the_empty_shell(tmp_path, public_shell):
+async def test_auth_guards_the_data_but_not_the_empty_shell(tmp_path):
     path = tmp_path / "proxy.yaml"
     path.write_text(CONFIG + f"server: {{auth: {{bearer_tokens: [{TOKEN}]}}}}\n")
     engine = Engine(Runtime.build(load_config(path)))
