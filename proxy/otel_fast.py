@@ -27,17 +27,28 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-__all__ = ["FastOTLPSpanExporter", "FastSpan", "Recorder", "encode_spans"]
+__all__ = ["FastOTLPSpanExporter", "FastSpan", "FinishedSpan", "Recorder", "encode_spans"]
 
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
+# The key under which a `Context` holds its span, found through the public API (the constant itself is private).
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+
+
+class FinishedSpan(ReadableSpan):
+    """A finished `FastSpan` as the span processors see it: an SDK `ReadableSpan` with plain attributes, events and
+    no links, so nothing was dropped (the base class asks each of its containers, three ABC checks per span)."""
+
+    dropped_attributes = 0
+    dropped_events = 0
+    dropped_links = 0
 
 
 class FastSpan(trace.Span):
@@ -117,7 +128,7 @@ class FastSpan(trace.Span):
             return
         self._ended = True
         recorder = self._recorder
-        finished = ReadableSpan(
+        finished = FinishedSpan(
             name=self._name,
             context=self._context,
             parent=self._parent,
@@ -160,11 +171,13 @@ class Recorder:
         attributes: dict[str, Any] | None = None,
     ) -> trace.Span:
         """A span under `context`'s span (default: the current one); takes ownership of `attributes`."""
-        parent_span = trace.get_current_span(context)
-        parent = parent_span.get_span_context()
+        parent_span = (context if context is not None else get_current()).get(_SPAN_KEY)
         if type(parent_span) is FastSpan:  # ours, so recorded: so is its child
+            parent = parent_span._context
             trace_id, state = parent.trace_id, parent.trace_state
         else:
+            parent_span = trace.get_current_span(context)
+            parent = parent_span.get_span_context()
             trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
             result = self._sampler.should_sample(context, trace_id, name, kind, attributes)
             state = result.trace_state
@@ -183,10 +196,26 @@ class Recorder:
 _double = struct.Struct("<d").pack
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
-_KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}
-_pairs: dict[tuple[str, type, Any], bytes] = {}  # (key, type, value) -> an encoded `KeyValue`: most repeat
-MAX_CACHED_PAIRS = 8192  # then the cache starts over (request ids and the like fill it; the common pairs return)
+_KIND = {
+    kind: b"\x30" + bytes((number,))
+    for kind, number in (
+        (SpanKind.INTERNAL, 1),
+        (SpanKind.SERVER, 2),
+        (SpanKind.CLIENT, 3),
+        (SpanKind.PRODUCER, 4),
+        (SpanKind.CONSUMER, 5),
+    )
+}
+# Encoded attributes, by tag, then key, then (type, value) for numbers and bools (True == 1 == 1.0) or the value for
+# strings and tuples of strings: most repeat from one request to the next. A key's values stop being added once it
+# has MAX_VALUES_PER_KEY of them (request ids, response ids: unique, so not worth keeping).
+_encoded: dict[bytes, dict[str, dict[Any, bytes]]] = {}
+MAX_VALUES_PER_KEY = 64
+_names: dict[bytes, dict[str, bytes]] = {}  # span and event names by tag, encoded
+MAX_NAMES = 1024
 _SMALL = [bytes((n,)) for n in range(128)]
+_STATUS_UNSET = b"\x7a\x00"
+_FLAGS = (b"\x85\x01" + _fixed32(0x100), b"\x85\x01" + _fixed32(0x300))  # parent local / remote
 
 
 def _varint(n: int) -> bytes:
@@ -239,28 +268,53 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated `KeyValue` fields under `tag`."""
     if not attributes:
         return b""
+    by_key = _encoded.get(tag)
+    if by_key is None:
+        by_key = _encoded[tag] = {}
     out = []
-    pairs = _pairs
     for key, value in attributes.items():
         kind = type(value)
-        cacheable = kind is str or kind is bool or kind is int
-        if cacheable:
-            encoded = pairs.get((key, kind, value))  # the type too: True == 1
+        if kind is str:
+            lookup: Any = value
+        elif kind is int or kind is bool:
+            lookup = (kind, value)
+        elif kind is float:
+            lookup = (kind, value.hex())  # -0.0 == 0.0, but not in protobuf
+        elif kind is tuple and all(type(item) is str for item in value):
+            lookup = value
+        else:
+            lookup = None
+        values = by_key.get(key)
+        if lookup is not None and values is not None:
+            encoded = values.get(lookup)
             if encoded is not None:
-                out.append(tag + encoded)
+                out.append(encoded)
                 continue
         try:
             body = _key_value(key, value)
         except TypeError as exc:
             log.warning("span attribute %s not exported: %s", key, exc)
             continue
-        encoded = _varint(len(body)) + body
-        if cacheable:
-            if len(pairs) >= MAX_CACHED_PAIRS:
-                pairs.clear()
-            pairs[(key, kind, value)] = encoded
-        out.append(tag + encoded)
+        encoded = tag + _varint(len(body)) + body
+        if lookup is not None:
+            if values is None:
+                values = by_key[key] = {}
+            if len(values) < MAX_VALUES_PER_KEY:
+                values[lookup] = encoded
+        out.append(encoded)
     return b"".join(out)
+
+
+def _name(tag: bytes, name: str) -> bytes:
+    names = _names.get(tag)
+    if names is None:
+        names = _names[tag] = {}
+    encoded = names.get(name)
+    if encoded is None:
+        encoded = _text(tag, name)
+        if len(names) < MAX_NAMES:
+            names[name] = encoded
+    return encoded
 
 
 def _flags(parent: SpanContext | None) -> int:
@@ -271,17 +325,44 @@ def _trace_state(state: Any) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
 
 
+def _finished(span: FinishedSpan) -> bytes:
+    """`_span` for the proxy's own spans, from their fields (no links, nothing dropped)."""
+    context = span._context
+    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
+    if context.trace_state:
+        parts.append(_text(b"\x1a", _trace_state(context.trace_state)))
+    parent = span._parent
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    parts.append(_name(b"\x2a", span._name))
+    parts.append(_KIND[span._kind])
+    parts.append(b"\x39" + _fixed64(span._start_time) + b"\x41" + _fixed64(span._end_time))
+    parts.append(_attributes(b"\x4a", span._attributes))
+    for event in span._events:
+        body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
+        parts.append(_field(b"\x5a", body))
+    status = span._status
+    if status.status_code is StatusCode.UNSET and not status.description:
+        parts.append(_STATUS_UNSET)
+    else:
+        body = _text(b"\x12", status.description) if status.description else b""
+        if status.status_code.value:
+            body += b"\x18" + _varint(status.status_code.value)
+        parts.append(_field(b"\x7a", body))
+    parts.append(_FLAGS[parent is not None and parent.is_remote])
+    return b"".join(parts)
+
+
 def _span(span: ReadableSpan) -> bytes:
     context = span.context
-    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big"), b"\x12\x08" + context.span_id.to_bytes(8, "big")]
-    state = _trace_state(context.trace_state)
-    if state:
-        parts.append(_text(b"\x1a", state))
+    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
+    if context.trace_state:
+        parts.append(_text(b"\x1a", _trace_state(context.trace_state)))
     parent = span.parent
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_text(b"\x2a", span.name))
-    parts.append(b"\x30" + _varint(_KIND[span.kind]))
+    parts.append(_name(b"\x2a", span.name))
+    parts.append(_KIND[span.kind])
     if span.start_time:
         parts.append(b"\x39" + _fixed64(span.start_time))
     if span.end_time:
@@ -290,7 +371,7 @@ def _span(span: ReadableSpan) -> bytes:
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
     for event in span.events:
-        body = b"\x09" + _fixed64(event.timestamp) + _text(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
+        body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
         if event.dropped_attributes:
             body += b"\x20" + _varint(event.dropped_attributes)
         parts.append(_field(b"\x5a", body))
@@ -305,11 +386,15 @@ def _span(span: ReadableSpan) -> bytes:
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    body = _text(b"\x12", status.description) if status.description else b""
-    if status.status_code.value:
-        body += b"\x18" + _varint(status.status_code.value)
-    parts.append(_field(b"\x7a", body))
-    parts.append(b"\x85\x01" + _fixed32(_flags(parent)))
+    code = status.status_code.value
+    if code or status.description:
+        body = _text(b"\x12", status.description) if status.description else b""
+        if code:
+            body += b"\x18" + _varint(code)
+        parts.append(_field(b"\x7a", body))
+    else:
+        parts.append(_STATUS_UNSET)
+    parts.append(_FLAGS[parent is not None and parent.is_remote])
     return b"".join(parts)
 
 
@@ -324,18 +409,27 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """An OTLP `ExportTraceServiceRequest` for `spans`, in protobuf bytes (grouped by resource, then scope)."""
-    # Grouped by the resource's identity: hashing a `Resource` serializes it, too slow to do once per span.
+    # Grouped by the resource's identity: hashing a `Resource` serializes it, too slow to do once per span; a run of
+    # spans with the same scope object (the usual case) hashes it once.
     grouped: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
+    last_resource: Any = None
+    last_scope: Any = None
+    encoded: list[bytes] = []
     for span in spans:
-        entry = grouped.get(id(span.resource))
-        if entry is None:
-            entry = grouped[id(span.resource)] = (span.resource, {})
-        entry[1].setdefault(span.instrumentation_scope or None, []).append(_field(b"\x12", _span(span)))
+        resource, scope = span.resource, span.instrumentation_scope or None
+        if resource is not last_resource or scope is not last_scope:
+            entry = grouped.get(id(resource))
+            if entry is None:
+                entry = grouped[id(resource)] = (resource, {})
+            encoded = entry[1].setdefault(scope, [])
+            last_resource, last_scope = resource, scope
+        body = _finished(span) if type(span) is FinishedSpan else _span(span)
+        encoded.append(b"\x12" + _varint(len(body)) + body)
     out = []
     for resource, scopes in grouped.values():
         body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
-        for scope, encoded in scopes.items():
-            scope_spans = _field(b"\x0a", _scope(scope)) + b"".join(encoded)
+        for scope, items in scopes.items():
+            scope_spans = _field(b"\x0a", _scope(scope)) + b"".join(items)
             if scope is not None and scope.schema_url:
                 scope_spans += _text(b"\x1a", scope.schema_url)
             body += _field(b"\x12", scope_spans)

@@ -153,9 +153,9 @@ class RequestTrace:
 
     def end_route(self, span: trace.Span, plan: ModelPlan, order: list[int], available: list[bool]) -> None:
         targets = plan.targets
-        span.set_attribute("proxy.routing.candidates", tuple(targets[index].label for index in order))
-        unavailable = tuple(t.label for t, ok in zip(targets, available, strict=True) if not ok)
-        if unavailable:
+        span.set_attribute("proxy.routing.candidates", tuple([targets[index].label for index in order]))
+        if not all(available):
+            unavailable = tuple(t.label for t, ok in zip(targets, available, strict=True) if not ok)
             span.set_attribute("proxy.routing.unavailable", unavailable)
         span.end()
 

@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 TRACER_NAME = "llm-proxy"
 EXPORTERS = ("otlp", "console", "none")
 DEFAULT_METRIC_INTERVAL = 60.0
+_CREDENTIAL_PROVIDERS = (
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+)
 
 
 # --- settings -------------------------------------------------------------------------------------------------
@@ -251,9 +255,21 @@ def _span_exporter(settings: Settings) -> SpanExporter:
             log.warning("OTLP over gRPC needs opentelemetry-exporter-otlp-proto-grpc; exporting over HTTP instead")
         else:
             return GrpcExporter()
+    import requests
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return FastOTLPSpanExporter(OTLPSpanExporter(endpoint=settings.traces_endpoint))
+    # A session with an auth hook that adds nothing: requests then skips its ~/.netrc lookup on every export (a
+    # netrc entry would also replace the Authorization header OTEL_EXPORTER_OTLP_HEADERS sets). Proxies and
+    # certificates from the environment still apply. A credential provider named in the environment brings its own.
+    session = None
+    if not any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS):
+        session = requests.Session()
+        session.auth = _as_is
+    return FastOTLPSpanExporter(OTLPSpanExporter(endpoint=settings.traces_endpoint, session=session))
+
+
+def _as_is(request: Any) -> Any:
+    return request
 
 
 def _metric_exporter(settings: Settings) -> MetricExporter:

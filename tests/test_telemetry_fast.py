@@ -37,10 +37,11 @@ def test_encoding_matches_the_stock_encoder():
     tracing = Tracing(provider)
     sdk = provider.get_tracer("other-library", "9.9", schema_url="https://example.com/schema")
     remote = trace.set_span_in_context(NonRecordingSpan(REMOTE))
-    attributes = {"http.request.method": "POST", "n": -5, "one": 1, "yes": True}
+    attributes = {"http.request.method": "POST", "n": -5, "one": 1, "yes": True, "zero": 0.0, "tags": ("a", "b")}
     server = tracing.start_span("POST /x", remote, SpanKind.SERVER, attributes)
     inside = trace.set_span_in_context(server)
     attributes = {"tuple": ("a", "é"), "f": 1.25, "b": False, "one": True, "yes": 1}  # same keys, other types
+    attributes |= {"zero": -0.0, "tags": (1, 2)}  # equal to the server span's values, encoded differently
     child = tracing.start_span("chat m", inside, SpanKind.CLIENT, attributes)
     child.add_event("proxy.retry", {"proxy.attempt": 1, "error.type": "timeout"})
     child.set_status(Status(StatusCode.ERROR, "UpstreamTimeout"))

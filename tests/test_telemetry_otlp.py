@@ -105,8 +105,10 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[tuple[dict[str, Any], Any]] = []  # (resource attributes, Span)
         self.metrics: list[Any] = []
+        self.authorizations: list[str | None] = []  # of the trace exports
 
     async def traces(self, request: web.Request) -> web.Response:
+        self.authorizations.append(request.headers.get("authorization"))
         message = ExportTraceServiceRequest.FromString(await request.read())
         for resource_spans in message.resource_spans:
             resource = {kv.key: plain(kv.value) for kv in resource_spans.resource.attributes}
@@ -167,6 +169,10 @@ telemetry:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update({"OTLP_TEST_KEY": KEY, "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"})
+    # The collector's token from the standard variable; a ~/.netrc entry for its host must not replace it.
+    env.update({"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20collector-token", "HOME": str(tmp_path)})
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login someone password netrc-secret\n", encoding="utf-8")
+    (tmp_path / ".netrc").chmod(0o600)
     command = [sys.executable, "-c", SERVE_SCRIPT, "--config", str(config), "serve", "--transport", "http"]
     stderr: list[str] = []
     async with await anyio.open_process([*command, "--port", "0", "--no-watch"], env=env) as process:
@@ -219,6 +225,7 @@ telemetry:
     (resource,) = [json.loads(text) for text in resources]
     assert resource["service.name"] == "proxy-e2e" and resource["team"] == "llm"
     assert resource["deployment.environment"] == "test"
+    assert set(collector.authorizations) == {"Bearer collector-token"}
     metrics = {metric.name: metric for metric in collector.metrics}  # the last push, at shutdown
     duration = metrics["gen_ai.client.operation.duration"]
     assert sum(point.count for point in duration.histogram.data_points) == 1

@@ -24,11 +24,11 @@ Conventions (PROTOCOLS.md 4.2, reverse direction):
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from proxy.errors import ProxyError
+from proxy.ids import random_hex
 from proxy.types import ChatResponse, FinishReason, StreamChunk, Usage
 
 _ERROR_TYPES = {
@@ -44,11 +44,11 @@ _ERROR_TYPES = {
 
 
 def message_id(upstream_id: str | None) -> str:
-    return upstream_id if upstream_id and upstream_id.startswith("msg_") else f"msg_{uuid.uuid4().hex}"
+    return upstream_id if upstream_id and upstream_id.startswith("msg_") else f"msg_{random_hex()}"
 
 
 def _tool_id(call_id: str | None) -> str:
-    return call_id or f"toolu_{uuid.uuid4().hex}"
+    return call_id or f"toolu_{random_hex()}"
 
 
 def stop_reason_for(finish_reason: FinishReason | None, *, tool_calls: bool, stop_sequence: str | None = None) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -38,13 +37,14 @@ from proxy.engine import Engine
 from proxy.fronts import status
 from proxy.fronts.http_common import error_for_path
 from proxy.fronts.prometheus import metrics_route_handler
+from proxy.ids import random_hex
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | status.PUBLIC_PATHS  # the status page asks for its token
 UNTRACED_PATHS = PUBLIC_PATHS | {"/metrics"}
 ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/mcp"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_PROPAGATION = frozenset({"traceparent", "tracestate", "baggage"})
+_PROPAGATION = frozenset({b"traceparent", b"tracestate", b"baggage"})  # ASGI header names are lowercase
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -78,9 +78,8 @@ def token_allowed(presented: str | None, tokens: Sequence[str]) -> bool:
 def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> trace.Span:
     carrier = {}
     for key, value in scope.get("headers", ()):
-        name = key.decode("latin-1")
-        if name in _PROPAGATION:
-            carrier[name] = value.decode("latin-1")
+        if key in _PROPAGATION:
+            carrier[key.decode("latin-1")] = value.decode("latin-1")
     parent = propagate.extract(carrier) if carrier else None
     method = scope.get("method", "GET")
     path = scope.get("path", "")
@@ -111,7 +110,7 @@ class ProxyMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
+        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else f"req_{random_hex()}"
         scope.setdefault("state", {})["request_id"] = request_id
         id_token = logs.request_id.set(request_id)
         tracing = telemetry.active()

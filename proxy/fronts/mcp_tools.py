@@ -25,7 +25,6 @@ cancels the upstream call.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -55,6 +54,7 @@ from proxy.fronts.tool_results import (
     shutting_down_result,
     truncated_result,
 )
+from proxy.ids import random_hex
 from proxy.types import ChatRequest, Message
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class ProxyTool(Tool):
         if front.closing:
             return shutting_down_result()
         front.call_started()
-        token = logs.request_id.set(f"req_{uuid.uuid4().hex}")
+        token = logs.request_id.set(f"req_{random_hex()}")
         try:
             return await super().run(arguments, context, convert_result=convert_result)
         except ToolError as exc:  # the SDK wraps what the function raised; `__cause__` is the original

@@ -19,14 +19,14 @@ Decisions (documented in the README section):
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
+from proxy.ids import random_hex
 from proxy.types import ChatResponse, StreamChunk, ToolCallDelta, Usage
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{random_hex()}"
 
 
 def usage_body(usage: Usage | None) -> dict[str, Any] | None:
@@ -106,7 +106,7 @@ class ChunkEncoder:
     def _tool_call(self, delta: ToolCallDelta) -> dict[str, Any]:
         if delta.index in self._calls:
             return {"index": delta.index, "function": {"arguments": delta.arguments}}
-        call_id = delta.id or f"call_{uuid.uuid4().hex[:24]}"
+        call_id = delta.id or f"call_{random_hex(24)}"
         self._calls[delta.index] = call_id
         function = {"name": delta.name or "", "arguments": delta.arguments}
         return {"index": delta.index, "id": call_id, "type": "function", "function": function}
