@@ -5,12 +5,12 @@ reference machine) and the stock OTLP exporter builds one protobuf object per at
 At four spans per proxied request that more than doubled the CPU a request costs. The proxy's own spans hold only
 values it builds itself (str, int, float, bool, tuples of str), so they can skip both:
 
-- `Recorder.start()` makes a `FastSpan`, a plain API span over a dict; `end()` hands one SDK `ReadableSpan` to the
-  provider's span processor, so batch, simple and in-memory exporters all work unchanged. The provider's sampler
-  decides for a span whose parent is not one of ours (a root, a client's `traceparent`, the MCP SDK's span); a child
-  of a `FastSpan` is recorded like its parent. Ids come from the provider's id generator. Not applied to these
-  spans: span limits and processors' `on_start` (the batch and simple processors do nothing there). A provider that
-  is not the SDK's gets ordinary spans from its tracer.
+- `Recorder.start()` makes a `FastSpan`, a plain API span over a dict that is also an SDK `ReadableSpan`; `end()`
+  hands it to the provider's span processors, so batch, simple and in-memory exporters all work unchanged. The
+  provider's sampler decides for a span whose parent is not one of ours (a root, a client's `traceparent`, the MCP
+  SDK's span); a child of a `FastSpan` is recorded like its parent. Ids come from the provider's id generator. Not
+  applied to these spans: span limits and processors' `on_start` (the batch and simple processors do nothing there).
+  A provider that is not the SDK's gets ordinary spans from its tracer.
 - `encode_spans()` writes finished spans (the proxy's and the SDK's alike) straight to an OTLP
   `ExportTraceServiceRequest` in protobuf bytes, the same message the stock encoder builds (a test compares them);
   `FastOTLPSpanExporter` sends those bytes with the stock OTLP/HTTP exporter's own client, so endpoint, headers, TLS,
@@ -29,11 +29,12 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["FastOTLPSpanExporter", "FastSpan", "FinishedSpan", "Recorder", "encode_spans"]
+__all__ = ["FastOTLPSpanExporter", "FastSpan", "Recorder", "encode_spans"]
 
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -42,30 +43,44 @@ _UNSET = Status(StatusCode.UNSET)
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
 
 
-class FinishedSpan(ReadableSpan):
-    """A finished `FastSpan` as the span processors see it: an SDK `ReadableSpan` with plain attributes, events and
-    no links, so nothing was dropped (the base class asks each of its containers, three ABC checks per span)."""
+def _batch_queue(processors: Any) -> Any:
+    """The `emit` of the batch behind a lone `BatchSpanProcessor` among `processors`, else None."""
+    if isinstance(processors, tuple) and len(processors) == 1 and type(processors[0]) is BatchSpanProcessor:
+        batch = getattr(processors[0], "_batch_processor", None)
+        emit = getattr(batch, "emit", None)
+        return emit if callable(emit) else None
+    return None
 
-    dropped_attributes = 0
-    dropped_events = 0
-    dropped_links = 0
+
+def _span_context(trace_id: int, span_id: int, state: Any) -> SpanContext:
+    """A sampled, local `SpanContext` with ids known to be valid (the constructor would check them again)."""
+    if state is None:
+        state = DEFAULT_TRACE_STATE
+    return tuple.__new__(SpanContext, (trace_id, span_id, False, _SAMPLED, state, True))  # type: ignore[return-value]
 
 
-class FastSpan(trace.Span):
-    """A recording span of the proxy's; see the module docstring."""
+class FastSpan(trace.Span, ReadableSpan):
+    """A recording span of the proxy's, and once ended its own `ReadableSpan` (as the SDK's `Span` is): its fields
+    have the base class's names. Plain attributes and events, no links, so nothing is ever dropped (the base class
+    would ask each container, three ABC checks per span). Changes after `end()` are ignored."""
 
     __slots__ = (
         "_attributes",
         "_context",
-        "_ended",
+        "_end_time",
         "_events",
         "_kind",
         "_name",
         "_parent",
         "_recorder",
-        "_start",
+        "_start_time",
         "_status",
     )
+    _links = ()
+    _instrumentation_info = None
+    dropped_attributes = 0
+    dropped_events = 0
+    dropped_links = 0
 
     def __init__(
         self,
@@ -84,32 +99,44 @@ class FastSpan(trace.Span):
         self._attributes = attributes
         self._events: list[Event] = []
         self._status = _UNSET
-        self._start = time.time_ns()
-        self._ended = False
+        self._start_time = time.time_ns()
+        self._end_time: int | None = None
+
+    @property
+    def resource(self) -> Any:
+        return self._recorder.resource
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope:
+        return self._recorder.scope
 
     def get_span_context(self) -> SpanContext:
         return self._context
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        self._attributes.update(attributes)
+        if self._end_time is None:
+            self._attributes.update(attributes)
 
     def set_attribute(self, key: str, value: Any) -> None:
-        self._attributes[key] = value
+        if self._end_time is None:
+            self._attributes[key] = value
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
-        self._events.append(Event(name, dict(attributes) if attributes else None, timestamp or time.time_ns()))
+        if self._end_time is None:
+            self._events.append(Event(name, dict(attributes) if attributes else None, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         pass  # the proxy's spans have no links
 
     def update_name(self, name: str) -> None:
-        self._name = name
+        if self._end_time is None:
+            self._name = name
 
     def is_recording(self) -> bool:
-        return not self._ended
+        return self._end_time is None
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self._status.status_code is StatusCode.OK:  # final, as in the SDK
+        if self._end_time is not None or self._status.status_code is StatusCode.OK:  # OK is final, as in the SDK
             return
         self._status = status if isinstance(status, Status) else Status(status, description)
 
@@ -124,37 +151,37 @@ class FastSpan(trace.Span):
         self.add_event("exception", {"exception.type": type(exception).__qualname__, **(attributes or {})}, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._ended:
+        if self._end_time is not None:
             return
-        self._ended = True
-        recorder = self._recorder
-        finished = FinishedSpan(
-            name=self._name,
-            context=self._context,
-            parent=self._parent,
-            resource=recorder.resource,
-            attributes=self._attributes,
-            events=tuple(self._events),
-            kind=self._kind,
-            status=self._status,
-            start_time=self._start,
-            end_time=end_time or time.time_ns(),
-            instrumentation_scope=recorder.scope,
-        )
-        recorder.processor.on_end(finished)
+        self._end_time = end_time or time.time_ns()
+        self._recorder.finished(self)
 
 
 class Recorder:
-    """Starts `FastSpan`s for one SDK `TracerProvider` (its sampler, id generator, resource and span processor)."""
+    """Starts `FastSpan`s for one SDK `TracerProvider` (its sampler, id generator, resource and span processors).
 
-    __slots__ = ("_ids", "_sampler", "processor", "resource", "scope")
+    A finished span goes to the provider's span processors; when the only one is a `BatchSpanProcessor`, straight
+    into its queue (what its `on_end` does for a sampled span, which ours always are, minus two calls and checks)."""
+
+    __slots__ = ("_ids", "_multi", "_queue_for", "_queue_put", "_sampler", "resource", "scope")
 
     def __init__(self, provider: TracerProvider, scope: InstrumentationScope) -> None:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self.resource = provider.resource
-        self.processor = provider._active_span_processor  # the SDK's one entry point for finished spans
+        self._multi = provider._active_span_processor  # the SDK's one entry point for finished spans
+        self._queue_for: Any = None  # the processors tuple `_queue_put` was found for
+        self._queue_put: Any = None
         self.scope = scope
+
+    def finished(self, span: FastSpan) -> None:
+        processors = getattr(self._multi, "_span_processors", None)
+        if processors is not self._queue_for:  # first span, or a processor was added since
+            self._queue_for, self._queue_put = processors, _batch_queue(processors)
+        if self._queue_put is not None:
+            self._queue_put(span)
+        else:
+            self._multi.on_end(span)
 
     @staticmethod
     def for_provider(provider: trace.TracerProvider, scope: InstrumentationScope) -> Recorder | None:
@@ -187,7 +214,7 @@ class Recorder:
                 )
             if result.attributes:
                 attributes = {**result.attributes, **(attributes or {})}
-        span_context = SpanContext(trace_id, self._ids.generate_span_id(), False, _SAMPLED, state)
+        span_context = _span_context(trace_id, self._ids.generate_span_id(), state)
         return FastSpan(self, name, span_context, parent if parent.is_valid else None, kind, attributes or {})
 
 
@@ -325,7 +352,7 @@ def _trace_state(state: Any) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
 
 
-def _finished(span: FinishedSpan) -> bytes:
+def _finished(span: FastSpan) -> bytes:
     """`_span` for the proxy's own spans, from their fields (no links, nothing dropped)."""
     context = span._context
     parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
@@ -423,7 +450,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
                 entry = grouped[id(resource)] = (resource, {})
             encoded = entry[1].setdefault(scope, [])
             last_resource, last_scope = resource, scope
-        body = _finished(span) if type(span) is FinishedSpan else _span(span)
+        body = _finished(span) if type(span) is FastSpan else _span(span)
         encoded.append(b"\x12" + _varint(len(body)) + body)
     out = []
     for resource, scopes in grouped.values():

@@ -10,7 +10,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -96,6 +96,26 @@ def test_a_fast_span_records_only_an_exceptions_type():
     (finished,) = exporter.get_finished_spans()
     assert [(e.name, dict(e.attributes)) for e in finished.events] == [("exception", {"exception.type": "ValueError"})]
     assert finished.status.status_code is StatusCode.OK
+    span.set_attribute("late", True)  # after end: ignored, as the SDK's spans do
+    span.add_event("late")
+    assert "late" not in finished.attributes and len(finished.events) == 1
+    provider.shutdown()
+
+
+def test_a_lone_batch_processor_gets_spans_straight_into_its_queue():
+    provider = TracerProvider(shutdown_on_exit=False)
+    batched = InMemorySpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(batched))
+    tracing = Tracing(provider)
+    tracing.start_span("first").end()
+    recorder = tracing.start_span.__self__
+    assert recorder._queue_put is not None  # else every span takes the processors' longer path
+    also = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(also))  # added later: both see the next span
+    tracing.start_span("second").end()
+    provider.force_flush()
+    assert [span.name for span in batched.get_finished_spans()] == ["first", "second"]
+    assert [span.name for span in also.get_finished_spans()] == ["second"]
     provider.shutdown()
 
 
