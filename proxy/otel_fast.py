@@ -26,15 +26,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, get_current
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["FastOTLPSpanExporter", "FastSpan", "Recorder", "encode_spans"]
+__all__ = ["FastOTLPSpanExporter", "FastSpan", "Recorder", "encode_spans", "inject_current"]
 
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -216,6 +219,38 @@ class Recorder:
                 attributes = {**result.attributes, **(attributes or {})}
         span_context = _span_context(trace_id, self._ids.generate_span_id(), state)
         return FastSpan(self, name, span_context, parent if parent.is_valid else None, kind, attributes or {})
+
+
+# --- trace context to the upstream ------------------------------------------------------------------------------
+
+_default_textmap: list[Any] = [None, False]  # [the global propagator last seen, whether it is the default one]
+
+
+def _is_default(textmap: Any) -> bool:
+    """Whether `textmap` is the SDK's default: W3C trace context, then W3C baggage (`OTEL_PROPAGATORS` unset)."""
+    propagators = getattr(textmap, "_propagators", None)
+    return (
+        isinstance(textmap, CompositePropagator)
+        and isinstance(propagators, list)
+        and [type(p) for p in propagators] == [TraceContextTextMapPropagator, W3CBaggagePropagator]
+    )
+
+
+def inject_current(headers: dict[str, str]) -> None:
+    """`opentelemetry.propagate.inject(headers)`, for the current span: with the default propagators and one of our
+    spans current, the same `traceparent`/`tracestate` written directly (the generic path costs several us)."""
+    textmap = propagate.get_global_textmap()
+    if textmap is not _default_textmap[0]:
+        _default_textmap[:] = [textmap, _is_default(textmap)]
+    span = get_current().get(_SPAN_KEY)
+    if not _default_textmap[1] or type(span) is not FastSpan:
+        textmap.inject(headers)
+        return
+    context = span._context
+    headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    if context.trace_state:
+        headers["tracestate"] = context.trace_state.to_header()
+    textmap._propagators[1].inject(headers)  # baggage: nothing without entries
 
 
 # --- OTLP protobuf encoding --------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ OTLP exporter offers the client the fast exporter sends with."""
 
 from __future__ import annotations
 
-from opentelemetry import trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -14,9 +15,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
-from proxy.otel_fast import FastOTLPSpanExporter, FastSpan, encode_spans
+from proxy.otel_fast import FastOTLPSpanExporter, FastSpan, encode_spans, inject_current
 from proxy.telemetry import Tracing
 
 REMOTE = SpanContext(
@@ -123,3 +125,36 @@ def test_the_installed_exporter_gives_the_fast_path_its_client():
     exporter = FastOTLPSpanExporter(OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"))
     assert exporter.fast  # else every export takes the stock (slower) path
     exporter.shutdown()
+
+
+def test_the_trace_context_sent_upstream_is_what_the_propagators_write():
+    provider, _ = provider_with()
+    tracing = Tracing(provider)
+    remote = trace.set_span_in_context(NonRecordingSpan(REMOTE))  # brings a tracestate along
+    span = tracing.start_span("chat m", baggage.set_baggage("tenant", "a b", remote), SpanKind.CLIENT)
+    with_baggage = baggage.set_baggage("tenant", "a b", trace.set_span_in_context(span))
+    for context in (trace.set_span_in_context(span), with_baggage):
+        token = otel_context.attach(context)
+        try:
+            fast: dict[str, str] = {}
+            inject_current(fast)
+            stock: dict[str, str] = {}
+            propagate.inject(stock)
+        finally:
+            otel_context.detach(token)
+        assert fast == stock and fast["traceparent"].endswith(f"{span.get_span_context().span_id:016x}-01")
+    assert "baggage" in fast and "tracestate" in fast
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(TraceContextTextMapPropagator())  # OTEL_PROPAGATORS=tracecontext: its way
+    try:
+        token = otel_context.attach(with_baggage)
+        try:
+            only: dict[str, str] = {}
+            inject_current(only)
+        finally:
+            otel_context.detach(token)
+        assert set(only) == {"traceparent", "tracestate"}
+    finally:
+        propagate.set_global_textmap(default)
+    span.end()
+    provider.shutdown()

@@ -38,9 +38,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
-from proxy import __version__
+from proxy import __version__, telemetry
 from proxy.config.model import TimeoutConfig
 from proxy.errors import (
     StreamInterrupted,
@@ -49,6 +49,7 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from proxy.otel_fast import inject_current
 from proxy.providers.base import HttpCall
 
 __all__ = ["RawReply", "Transport", "UpstreamStream", "map_transport_error"]
@@ -283,9 +284,9 @@ class Transport:
         """
         session = self._open_session()
         headers = call.headers
-        if trace.get_current_span().get_span_context().is_valid:  # an attempt span: send its trace context
-            headers = dict(headers)
-            propagate.inject(headers)
+        if telemetry.active() is not None and trace.get_current_span().get_span_context().is_valid:
+            headers = dict(headers)  # an attempt span is current: send its trace context
+            inject_current(headers)
         deadline = asyncio.timeout_at(first_byte_deadline)
         try:
             async with deadline:
