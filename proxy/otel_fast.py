@@ -32,6 +32,7 @@ from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -52,6 +53,15 @@ def _batch_queue(processors: Any) -> Any:
         batch = getattr(processors[0], "_batch_processor", None)
         emit = getattr(batch, "emit", None)
         return emit if callable(emit) else None
+    return None
+
+
+def _ratio_root_bound(sampler: Any) -> int | None:
+    """For the default sampler (parent-based, a trace-id ratio at the root): the ratio's bound, so that a root span's
+    decision is the one comparison the ratio sampler makes (same result, trace state and attributes)."""
+    root = getattr(sampler, "_root", None)
+    if type(sampler) is ParentBased and type(root) is TraceIdRatioBased:
+        return root.bound
     return None
 
 
@@ -166,10 +176,11 @@ class Recorder:
     A finished span goes to the provider's span processors; when the only one is a `BatchSpanProcessor`, straight
     into its queue (what its `on_end` does for a sampled span, which ours always are, minus two calls and checks)."""
 
-    __slots__ = ("_ids", "_multi", "_queue_for", "_queue_put", "_sampler", "resource", "scope")
+    __slots__ = ("_ids", "_multi", "_queue_for", "_queue_put", "_root_bound", "_sampler", "resource", "scope")
 
     def __init__(self, provider: TracerProvider, scope: InstrumentationScope) -> None:
         self._sampler = provider.sampler
+        self._root_bound = _ratio_root_bound(provider.sampler)
         self._ids = provider.id_generator
         self.resource = provider.resource
         self._multi = provider._active_span_processor  # the SDK's one entry point for finished spans
@@ -205,6 +216,13 @@ class Recorder:
         if type(parent_span) is FastSpan:  # ours, so recorded: so is its child
             parent = parent_span._context
             trace_id, state = parent.trace_id, parent.trace_state
+        elif parent_span is None and self._root_bound is not None:  # a root under the default sampler
+            trace_id = self._ids.generate_trace_id()
+            if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._root_bound:
+                span_id = self._ids.generate_span_id()
+                return NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(0), DEFAULT_TRACE_STATE))
+            span_context = _span_context(trace_id, self._ids.generate_span_id(), DEFAULT_TRACE_STATE)
+            return FastSpan(self, name, span_context, None, kind, attributes or {})
         else:
             parent_span = trace.get_current_span(context)
             parent = parent_span.get_span_context()

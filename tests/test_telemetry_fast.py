@@ -13,6 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -157,4 +158,34 @@ def test_the_trace_context_sent_upstream_is_what_the_propagators_write():
     finally:
         propagate.set_global_textmap(default)
     span.end()
+    provider.shutdown()
+
+
+class FixedIds(RandomIdGenerator):
+    """Trace ids from a list, so a ratio sampler's decision is known."""
+
+    def __init__(self, trace_ids: list[int]) -> None:
+        self.trace_ids = trace_ids
+
+    def generate_trace_id(self) -> int:
+        return self.trace_ids.pop(0)
+
+
+def test_a_root_span_is_sampled_exactly_as_the_ratio_sampler_decides():
+    sampler = ParentBased(TraceIdRatioBased(0.5))
+    ids = [1, 2**64 - 2, 2**63 - 1, 2**63 + 1]  # the low 64 bits against the ratio's bound, 2**63
+    expected = [sampler.should_sample(None, trace_id, "root").decision.is_sampled() for trace_id in ids]
+    assert expected == [True, False, True, False]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, id_generator=FixedIds(list(ids)), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    spans = [tracing.start_span("root", attributes={"n": n}) for n in range(len(ids))]
+    assert [span.is_recording() for span in spans] == expected
+    assert [span.get_span_context().trace_id for span in spans] == ids
+    for span in spans:
+        span.end()
+    finished = exporter.get_finished_spans()
+    assert [dict(span.attributes) for span in finished] == [{"n": 0}, {"n": 2}]
+    assert all(span.parent is None and not span.context.trace_state for span in finished)
     provider.shutdown()

@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from proxy import telemetry
@@ -66,6 +67,14 @@ def test_off_by_default_and_the_environment_wins():
         configured, {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
     ).capture_content
     assert telemetry.settings_from(configured, {"OTEL_METRIC_EXPORT_INTERVAL": "5000"}).metric_interval == 5.0
+
+
+def test_spans_are_exported_in_batches_of_2048_unless_the_environment_says():
+    assert telemetry._batch_sizes({}) == {"max_export_batch_size": 2048, "max_queue_size": 8192}
+    assert telemetry._batch_sizes({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}) == {}  # both from the environment (or the SDK)
+    assert telemetry._batch_sizes({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64"}) == {}
+    processor = BatchSpanProcessor(InMemorySpanExporter(), **telemetry._batch_sizes({}))  # sizes the SDK accepts
+    processor.shutdown()
 
 
 def test_resource_and_sampling(monkeypatch):
