@@ -48,3 +48,20 @@ def test_percentile_is_nearest_rank():
     assert percentile(values, 99) == 99.0
     assert percentile(values, 100) == 100.0
     assert percentile([], 50) == 0.0
+
+
+def test_the_telemetry_share_counts_samples_with_tracing_frames(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import telemetry_share
+    finally:
+        sys.path.remove(str(BENCH))
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "run (asyncio/events.py:80);RequestTrace.__init__ (proxy/spans.py:130);start (proxy/otel_fast.py:200) 3\n"
+        "run (asyncio/events.py:80);ClientSession._request (aiohttp/client.py:558) 5\n"  # not the exporter's HTTP
+        "Thread._bootstrap (threading.py:995);export (proxy/otel_fast.py:500) 2\n"
+    )
+    share, samples, top = telemetry_share.telemetry_share(raw)
+    assert (share, samples) == (0.5, 10)
+    assert top[0] == ("RequestTrace.__init__ (proxy/spans.py)", 0.3)
