@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.composite import CompositePropagator
@@ -45,6 +45,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 # The key under which a `Context` holds its span, found through the public API (the constant itself is private).
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+_BAGGAGE_KEY = next(iter(baggage.set_baggage("k", "v", Context())))  # where a `Context` holds its baggage
 
 
 def _batch_queue(processors: Any) -> Any:
@@ -260,15 +261,19 @@ def inject_current(headers: dict[str, str]) -> None:
     textmap = propagate.get_global_textmap()
     if textmap is not _default_textmap[0]:
         _default_textmap[:] = [textmap, _is_default(textmap)]
-    span = get_current().get(_SPAN_KEY)
+    current = get_current()
+    span = current.get(_SPAN_KEY)
     if not _default_textmap[1] or type(span) is not FastSpan:
         textmap.inject(headers)
         return
     context = span._context
-    headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
-    if context.trace_state:
-        headers["tracestate"] = context.trace_state.to_header()
-    textmap._propagators[1].inject(headers)  # baggage: nothing without entries
+    # Ours are sampled; %-formatting takes half the time of an f-string with format specs here.
+    headers["traceparent"] = "00-%032x-%016x-01" % (context.trace_id, context.span_id)  # noqa: UP031
+    state = context.trace_state
+    if state is not DEFAULT_TRACE_STATE and state:
+        headers["tracestate"] = state.to_header()
+    if current.get(_BAGGAGE_KEY):
+        textmap._propagators[1].inject(headers)
 
 
 # --- OTLP protobuf encoding --------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class RequestTrace:
     @property
     def trace_id(self) -> str | None:
         context = self.span.get_span_context()
-        return format(context.trace_id, "032x") if context.is_valid else None
+        return f"{context.trace_id:032x}" if context.is_valid else None
 
     # --- routing ----------------------------------------------------------------------------------------------
 
