@@ -11,6 +11,8 @@
    to `max_wait`, never past the deadline); a refusal moves on to the next target.
 4. The call, bounded by `RetryBudget.attempt_timeout` so one slow attempt cannot eat the other targets' share;
    then the retry table decides: retry after a backoff, fall back, reroute for context, fail fast, or give up.
+   `fallbacks` counts real moves: a failed target followed by the next target being tried (the `proxy.fallback`
+   trace event goes out then too), so the last target's failure, with nothing left to try, is no fallback.
 Every attempt is recorded once: metrics (per provider, and the GenAI operation histograms), breaker, router
 latency, the lease (tokens corrected by real usage), and the attempt history the response carries. `call` may stop
 early (a stream returns once its first content chunk arrived, the commit point); the caller reports the final
@@ -161,7 +163,8 @@ class Dispatch:
         self._prompt_tokens: int | None = None
         self.min_window: int | None = None  # after a context-length error: only larger windows are tried
         self.retries = 0
-        self.fallbacks = 0
+        self.fallbacks = 0  # moves to a next target after a failure (not the last target's failure)
+        self._left: tuple[str, ProxyError, bool] | None = None  # a failed target not yet moved on from
         self.upstream_s = 0.0  # time inside upstream calls (up to a stream's commit point)
         self.waited_s = 0.0  # time in backoffs and rate-limit waits
         self._walked = 0  # targets tried so far (an attempt's `proxy.fallback_index`)
@@ -336,6 +339,8 @@ class Dispatch:
             if not target.breaker.allow(self.runtime.clock()):
                 self._skip_unavailable(target, self.runtime.clock())
                 return None
+            if attempt == 1 and self._left is not None:
+                self._moved_on()
             try:
                 target.bound.validate_request(request)
                 lease = await self._admit(target, request)
@@ -343,7 +348,7 @@ class Dispatch:
                 target.breaker.release_probe()
                 self.failures.append((target.label, exc))
                 self.budget.decide(exc, attempt, remaining, target=target.label)
-                self.fallbacks += 1
+                self._left = (target.label, exc, False)
                 if trace is not None:
                     trace.skipped(target.label, error_label(exc))
                 return None
@@ -404,10 +409,18 @@ class Dispatch:
                 window = target.context_window or self.prompt_tokens
                 self.min_window = max(self.min_window or 0, window)
             if decision.action is not Action.GIVE_UP:
-                self.fallbacks += 1
-                if trace is not None:
-                    trace.fallback(target.label, error)
+                self._left = (target.label, error, True)
             return None
+
+    def _moved_on(self) -> None:
+        """A target failed and the next one is now tried: one fallback (and its trace event). A failure with no
+        target left to try is no fallback."""
+        assert self._left is not None
+        label, error, event = self._left
+        self._left = None
+        self.fallbacks += 1
+        if event and self.trace is not None:
+            self.trace.fallback(label, error)
 
     async def _admit(self, target: PlannedTarget, request: ChatRequest) -> Lease:
         """Pass the target's rate limiters, waiting at most their `max_wait` and never past the deadline."""
