@@ -114,3 +114,36 @@ async def test_capture_content_records_prompt_and_answer_but_never_a_key(log_lin
     recorded = everything_recorded(spans)
     assert KEY not in recorded and TOKEN not in recorded
     assert "PROMPT-MARKER-4242" not in log_lines.getvalue() and ANSWER not in log_lines.getvalue()
+
+
+async def test_a_stream_that_fails_after_its_first_chunk_logs_no_upstream_text(log_lines, start_fake):
+    """Both HTTP fronts log a broken stream by error class, kind and status: the upstream's message, which here
+    quotes the prompt, reaches the client (its error event) but never the log."""
+    fake = await start_fake(OpenAIFake(api_key=KEY))
+    echo = f"upstream broke while answering {PROMPT}"
+    broken = ModelReply(text=(ANSWER, " more", " and more"), error_after=2, error_message=echo)
+    fake.script(broken, broken)
+    text = config_text(fake.base_url, capture=False)
+    env = {"KEY": KEY, "TOKEN": TOKEN}
+    logs.add_secrets(logs.secrets_of(load_config_text(text, env=env)))
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    messages = [{"role": "user", "content": PROMPT}]
+    routes = [*openai_api.routes, *anthropic_api.routes]
+    async with (
+        engine_app(text, api_routes=routes, env=env) as (base_url, _),
+        aiohttp.ClientSession(base_url, headers=headers) as session,
+    ):
+        body = {"model": "default", "messages": messages, "stream": True}
+        async with session.post("/v1/chat/completions", json=body) as reply:
+            sent = await reply.text()
+        assert reply.status == 200 and '"error"' in sent and "PROMPT-MARKER-4242" in sent and "[DONE]" not in sent
+        body = {"model": "default", "max_tokens": 50, "messages": messages, "stream": True}
+        async with session.post("/v1/messages", json=body) as reply:
+            sent = await reply.text()
+        assert reply.status == 200 and "event: error" in sent and "PROMPT-MARKER-4242" in sent
+    lines = log_lines.getvalue().splitlines()
+    failures = [line for line in lines if "after the first chunk" in line or "after its first chunk" in line]
+    assert len(failures) == 2, lines
+    assert all("StreamInterrupted" in line and "kind interrupted" in line for line in failures), failures
+    for leaked in (KEY, TOKEN, "PROMPT-MARKER-4242", "upstream broke while answering"):
+        assert leaked not in log_lines.getvalue(), f"{leaked!r} in the logs"

@@ -39,6 +39,7 @@ from proxy.fronts.anthropic_outbound import (
     message_id,
     message_json,
 )
+from proxy.fronts.failure_log import failure_summary
 from proxy.fronts.http_app import request_id_of
 from proxy.fronts.http_common import (
     BodyError,
@@ -153,7 +154,7 @@ async def _events(
                     yield data
         yield events.finish()
     except ProxyError as exc:
-        log.info("stream %s ended with an error after the first chunk: %s", request_id, exc)
+        log.info("stream %s ended with an error after the first chunk: %s", request_id, failure_summary(exc))
         yield error_event(error_type_for(exc), str(exc))
     except Exception:
         log.exception("unexpected error in stream %s", request_id)

@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.engine import Engine, EngineStream
 from proxy.errors import ProxyError
+from proxy.fronts.failure_log import failure_summary
 from proxy.fronts.http_common import (
     BodyError,
     answer_headers,
@@ -123,7 +124,7 @@ async def _events(
             for event in encoder.encode(chunk):
                 yield event
     except ProxyError as error:
-        log.warning("stream failed after its first chunk: %s", error)
+        log.warning("stream failed after its first chunk: %s", failure_summary(error))  # no upstream text
         yield error_event(_error_json(error))
         return
     except Exception:  # a bug: the client still gets an error event, never a clean end
