@@ -144,7 +144,7 @@ async def test_a_text_answer_is_an_anthropic_message_with_who_answered_in_the_he
     assert message.type == "message" and message.role == "assistant"
     assert message.id.startswith("msg_")
     assert [(block.type, block.text) for block in message.content] == [("text", REPLY)]
-    assert message.model == "mock-1"
+    assert message.model == "default"  # the name asked for; the header names the upstream model
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
     assert message.usage.input_tokens == 1 and message.usage.output_tokens == 5  # the mock's ~4 chars per token
     assert message.usage.cache_read_input_tokens == 0 and message.usage.cache_creation_input_tokens == 0

@@ -3,7 +3,8 @@
     routes = [Route("/v1/messages", ...), Route("/v1/messages/count_tokens", ...)]   # for build_app(api_routes=...)
 
 `/v1/messages` validates the body (`anthropic_inbound`), asks the engine, and answers Anthropic's `message`
-object or its SSE stream (`anthropic_outbound`), with `x-llm-proxy-provider/-model/-cache` and `request-id`
+object or its SSE stream (`anthropic_outbound`; its `model` is the name the client asked for, as in the OpenAI
+front), with `x-llm-proxy-provider/-model/-cache` (the model id of the target that answered) and `request-id`
 (the proxy's request id, which the Anthropic SDK exposes as `_request_id`). Errors use Anthropic's shape and types,
 with `retry-after` when the client should come back later. `Cache-Control: no-cache` (or `no-store`) on the
 request bypasses the response cache.
@@ -97,7 +98,8 @@ async def create_message(request: Request) -> Response:
     except ProxyError as exc:
         return _with_request_id(proxy_error_response("anthropic", exc), request)
     headers = answer_headers(response.provider, response.model, response.cached)
-    return _with_request_id(MessageResponse(message_json(response), headers=headers), request)
+    body = message_json(response, model=chat.model or response.route)
+    return _with_request_id(MessageResponse(body, headers=headers), request)
 
 
 async def count_tokens(request: Request) -> Response:
@@ -133,7 +135,7 @@ async def _start_stream(request: Request, engine: Engine, chat: ChatRequest) -> 
         raise
     events = MessageEvents(
         message_id=message_id(first.id if first else None),
-        model=(first.model if first else None) or stream.model or chat.model or "",
+        model=chat.model or stream.route or "",  # the name asked for; the header names the upstream model
         input_tokens=estimate_prompt_tokens(chat),
     )
     headers = {**answer_headers(stream.provider, stream.model, stream.cached), "request-id": request_id_of(request)}

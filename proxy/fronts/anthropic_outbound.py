@@ -1,6 +1,6 @@
 """Engine answers -> Anthropic Messages JSON and SSE events (pure, no I/O).
 
-- `message_json(response)`: a `ChatResponse` as Anthropic's `message` object.
+- `message_json(response, model=...)`: a `ChatResponse` as Anthropic's `message` object.
 - `MessageEvents`: one per streamed answer; turns `StreamChunk`s into the event sequence Anthropic sends:
   `message_start`, `ping`, then per content block `content_block_start` / `content_block_delta` (`text_delta`,
   `input_json_delta`) / `content_block_stop`, then `message_delta` (stop_reason, usage) and `message_stop`.
@@ -17,6 +17,8 @@ Conventions (PROTOCOLS.md 4.2, reverse direction):
 - tool inputs: the arguments' JSON object; empty arguments are `{}`; arguments that are not a JSON object (a
   model's broken output) are kept as text under `_raw_arguments`. Streamed, the argument fragments pass through
   as `input_json_delta`s exactly as the upstream sent them;
+- `model` (in the message and in `message_start`) is the name the client asked for (the configured model), not
+  the upstream's model id, as in the OpenAI front; the `x-llm-proxy-model` header names the target's model id;
 - ids: an upstream `msg_...` id is kept, anything else gets a fresh `msg_<hex>`; a tool call without an id
   gets `toolu_<hex>`.
 """
@@ -90,8 +92,9 @@ def tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_raw_arguments": arguments}
 
 
-def message_json(response: ChatResponse) -> dict[str, Any]:
-    """A whole answer as Anthropic's `message` object."""
+def message_json(response: ChatResponse, *, model: str | None = None) -> dict[str, Any]:
+    """A whole answer as Anthropic's `message` object; its `model` is `model`, the name the client asked for
+    (default: the configured model that served it, `response.route`)."""
     content: list[dict[str, Any]] = []
     if response.text:
         content.append({"type": "text", "text": response.text})
@@ -106,7 +109,7 @@ def message_json(response: ChatResponse) -> dict[str, Any]:
         "id": message_id(response.id),
         "type": "message",
         "role": "assistant",
-        "model": response.model,
+        "model": model or response.route or response.model,
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": response.stop_sequence if stop_reason == "stop_sequence" else None,

@@ -152,7 +152,7 @@ async def _stream(request: Request, engine: Engine, inbound: InboundChat, bypass
     upstream_id = first.id if first is not None else None
     encoder = ChunkEncoder(
         completion_id=upstream_id if upstream_id and not stream.cached else new_completion_id(),
-        model=inbound.request.model or "",
+        model=inbound.request.model or stream.route or "",
         created=created,
         include_usage=inbound.include_usage,
     )
@@ -183,7 +183,7 @@ async def chat_completions(request: Request) -> Response:
         return proxy_error_response("openai", error)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-    body = completion_body(response, model=inbound.request.model or "", created=created)
+    body = completion_body(response, model=inbound.request.model or response.route, created=created)
     headers = answer_headers(response.provider, response.model, response.cached)
     return Response(json_bytes(body), media_type="application/json", headers=headers)
 
