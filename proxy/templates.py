@@ -6,12 +6,14 @@ config load, never per request); a template that cannot be built makes the whole
 ones), renders the system text and the body, and returns a `RenderedPrompt` (the messages, the template's model
 settings and a `version` hash for the response-cache key). Every failure is a `TemplateError` in the user's words.
 
-Sandbox rules: templates render in `template_environment()` (an `ImmutableSandboxedEnvironment` with strict
-undefined, the same settings the load-time checks use), so they cannot reach attributes starting with `_`, Python
-internals or mutate their arguments. The environment has no loader, and `{% include %}`, `{% import %}`,
-`{% from %}` and `{% extends %}` are refused when the template is built: a template can read no file at all, not
-even one under the template directory. CPU is not bounded (a template that loops for ever is the author's bug);
-the rendered output is (`MAX_RENDERED_BYTES`).
+Sandbox rules: templates render in `template_environment()` (Jinja's `ImmutableSandboxedEnvironment` with strict
+undefined and the size limits of `proxy.config.template_sandbox`, the same settings the load-time checks use), so
+they cannot reach attributes starting with `_`, Python internals or mutate their arguments, and an expression that
+would build a huge value (`'x' * 10**9`, `10 ** (10**10)`, `'x'.ljust(10**9)`) fails before doing the work; one
+render runs at most `MAX_RENDER_STEPS` loop iterations and calls. The environment has no loader, and
+`{% include %}`, `{% import %}`, `{% from %}` and `{% extends %}` are refused when the template is built (and by
+the load-time checks): a template can read no file at all, not even one under the template directory. The
+rendered output is capped too (`MAX_RENDERED_BYTES`).
 
 Imports config, errors and types only (DESIGN.md: runtime -> templates -> config.model -> types/errors).
 """
@@ -27,23 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import nodes
 from jinja2.sandbox import SecurityError
 
 from proxy.config.model import Config, TemplateConfig
 from proxy.config.suggest import did_you_mean, quote_list
-from proxy.config.template_checks import read_template_file, resolve_template_file, template_environment
+from proxy.config.template_checks import (
+    FORBIDDEN_TAGS,
+    forbidden_tag_message,
+    read_template_file,
+    resolve_template_file,
+    template_environment,
+)
+from proxy.config.template_sandbox import TemplateLimitError, render_budget
 from proxy.errors import ConfigError, ConfigIssue, TemplateError
 from proxy.types import ChatRequest, Message
 
 MAX_RENDERED_BYTES = 1024 * 1024  # the system text and the body together, UTF-8
 RENDERER_VERSION = "1"  # part of every template version: bump when rendering semantics change
-_FORBIDDEN = {
-    nodes.Include: "{% include %}",
-    nodes.Import: "{% import %}",
-    nodes.FromImport: "{% from ... import %}",
-    nodes.Extends: "{% extends %}",
-}
 # What a template can raise while rendering: Jinja's errors (undefined, sandbox) and the Python errors of the
 # expressions it evaluates ('a' + 1, 1 / 0, a recursive macro).
 _RENDER_ERRORS = (
@@ -185,12 +187,13 @@ class PromptTemplates:
         values = _bind(compiled.config, arguments if arguments is not None else {})
         budget = self._max_output_bytes
         messages: list[Message] = []
-        if compiled.system is not None:
-            system = _render(name, compiled.system, values, budget, self._max_output_bytes)
-            budget -= len(system.encode("utf-8"))
-            if system.strip():
-                messages.append(Message("system", system))
-        body = _render(name, compiled.body, values, budget, self._max_output_bytes)
+        with render_budget():  # the system text and the body share one budget of loop iterations and calls
+            if compiled.system is not None:
+                system = _render(name, compiled.system, values, budget, self._max_output_bytes)
+                budget -= len(system.encode("utf-8"))
+                if system.strip():
+                    messages.append(Message("system", system))
+            body = _render(name, compiled.body, values, budget, self._max_output_bytes)
         if not body.strip():
             raise TemplateError(
                 f"template `{name}` rendered an empty prompt ({compiled.body.label}); check its arguments",
@@ -248,13 +251,9 @@ def _source(env: jinja2.Environment, text: str, field: str, label: str, filename
         tree = env.parse(text, filename=filename)
     except jinja2.TemplateSyntaxError as exc:
         raise _BuildProblem(field, f"{label}, line {exc.lineno}: Jinja2 syntax error: {exc.message}") from None
-    for node_type, tag in _FORBIDDEN.items():
+    for node_type, tag in FORBIDDEN_TAGS.items():
         for node in tree.find_all(node_type):
-            raise _BuildProblem(
-                field,
-                f"{label}, line {node.lineno}: `{tag}` is not allowed: templates cannot read other files; "
-                "put the text in this template",
-            )
+            raise _BuildProblem(field, f"{label}, line {node.lineno}: {forbidden_tag_message(tag)}")
     code = env.compile(tree, name=filename, filename=filename)
     template = env.template_class.from_code(env, code, env.make_globals(None), None)
     return _Source(label=label, filename=filename, template=template)
@@ -355,7 +354,9 @@ def _failure(name: str, source: _Source, exc: BaseException) -> str:
         if frame.f_code.co_filename == source.filename:
             line = lineno  # the innermost template frame wins
     where = source.label + (f", line {line}" if line else "")
-    if isinstance(exc, SecurityError):
+    if isinstance(exc, TemplateLimitError):
+        what = "hit a sandbox limit"
+    elif isinstance(exc, SecurityError):
         what = "was stopped by the sandbox"
     elif isinstance(exc, jinja2.UndefinedError):
         what = "uses something undefined"

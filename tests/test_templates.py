@@ -284,16 +284,27 @@ def test_undefined_names_like_open_are_errors():
 )
 def test_templates_cannot_read_files(tmp_path, body, tag):
     (tmp_path / "secret.txt").write_text("secret")
-    config = _load(tmp_path, "t: {file: t.j2}\n", {"t.j2": body, "other.j2": "{% macro m() %}x{% endmacro %}"})
-    with pytest.raises(ConfigError) as caught:
-        PromptTemplates.from_config(config)
-    (issue,) = caught.value.issues
     line = body.count("\n") + 1
-    assert issue.path == "templates.t.file"
+    files = {"t.j2": body, "other.j2": "{% macro m() %}x{% endmacro %}"}
+    # the load-time checks (`llm-proxy validate`, the loader) refuse it, naming the template, the file and the line
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, "t: {file: t.j2}\n", files)
+    (issue,) = caught.value.issues
+    assert (issue.path, issue.line, issue.layer) == ("templates.t.file", 10, "semantic")
     assert issue.message == (
-        f"t.j2, line {line}: `{tag}` is not allowed: templates cannot read other files; put the text in this template"
+        f"template file `t.j2`: `{tag}` is not allowed at line {line}: templates cannot read other files; "
+        "put the text in this template"
     )
     assert "secret" not in str(caught.value).replace("secret.txt", "")
+    # and building the templates of a config made without those checks refuses it too
+    with pytest.raises(ConfigError) as caught:
+        _unchecked(body, args=())
+    (issue,) = caught.value.issues
+    assert issue.path == "templates.t.text"
+    assert issue.message == (
+        f"its inline text, line {line}: `{tag}` is not allowed: templates cannot read other files; "
+        "put the text in this template"
+    )
 
 
 def test_a_file_outside_the_template_dir_is_refused_even_in_a_hand_built_config(tmp_path):

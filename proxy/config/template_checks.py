@@ -1,5 +1,6 @@
 """Load-time checks of prompt templates: the file is inside the template directory and readable, the Jinja2
-compiles, every variable it uses is declared in `arguments`, and every required argument is used.
+compiles, it reads no other file (`{% include %}`, `{% import %}`, `{% from %}`, `{% extends %}`), every variable
+it uses is declared in `arguments`, and every required argument is used.
 
 Uses the same sandboxed, strict environment settings as rendering, so what passes here renders there.
 """
@@ -9,15 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import jinja2
-from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import meta, nodes
+
+from proxy.config.template_sandbox import BoundedSandbox
 
 MAX_TEMPLATE_BYTES = 256 * 1024
+# Tags that read another template: the environment has no loader, so they would fail when the runtime builds the
+# template; the load-time checks refuse them first.
+FORBIDDEN_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Include: "{% include %}",
+    nodes.Import: "{% import %}",
+    nodes.FromImport: "{% from ... import %}",
+    nodes.Extends: "{% extends %}",
+}
 
 
-def template_environment() -> ImmutableSandboxedEnvironment:
-    """The Jinja2 environment templates are checked and rendered in: sandboxed, undefined variables are errors."""
-    return ImmutableSandboxedEnvironment(
+def template_environment() -> BoundedSandbox:
+    """The Jinja2 environment templates are checked and rendered in: sandboxed with size limits (see
+    `template_sandbox`), undefined variables are errors."""
+    return BoundedSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
@@ -56,11 +67,21 @@ class TemplateSyntax(ValueError):
         self.line = line
 
 
+def forbidden_tag_message(tag: str, line: int | None = None) -> str:
+    where = f" at line {line}" if line is not None else ""
+    return f"`{tag}` is not allowed{where}: templates cannot read other files; put the text in this template"
+
+
 def template_variables(source: str) -> set[str]:
-    """The variables a template reads; raises TemplateSyntax (with the template line) if it does not compile."""
+    """The variables a template reads; raises TemplateSyntax (with the template line) if it does not compile or
+    uses a tag that reads another file."""
     env = template_environment()
     try:
         tree = env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateSyntax(exc.lineno, f"Jinja2 syntax error at line {exc.lineno}: {exc.message}") from None
+    forbidden = [(node.lineno, tag) for node_type, tag in FORBIDDEN_TAGS.items() for node in tree.find_all(node_type)]
+    if forbidden:
+        line, tag = min(forbidden)
+        raise TemplateSyntax(line, forbidden_tag_message(tag, line))
     return set(meta.find_undeclared_variables(tree))
