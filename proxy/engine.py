@@ -15,7 +15,10 @@ Rules kept here:
   cleanly. A cache backend that fails is logged and skipped, never failing the request;
 - streams have a commit point: until the first content chunk, failures are retried or fall back invisibly (the
   dispatch does it); after it, a failure ends the stream with `StreamInterrupted` carrying the partial text,
-  counted as truncated, never cached and never a clean end.
+  counted as truncated, never cached and never a clean end;
+- a client that goes away (its task cancelled, or the stream closed before its end) makes the request `cancelled`:
+  counted apart from successes and failures (`Metrics.record_request(cancelled=True)`), logged with status
+  `cancelled`, and the attempt in flight is abandoned, not recorded as an upstream error.
 
 Telemetry: every request ends with one info line (`proxy.logs.log_request`: model, provider, status, latency,
 tokens, cache) and one overhead sample (its time minus the time spent on upstreams, backoffs and rate limits; for a
@@ -83,6 +86,11 @@ def _succeeded(response: ChatResponse, trace: RequestTrace | None, *, stream: bo
         )
 
 
+def _cancelled(error: BaseException) -> bool:
+    """Whether `error` ending a request means its client went away (cancellation, a closed stream), not a failure."""
+    return not isinstance(error, Exception)
+
+
 def _failed(
     error: BaseException,
     request: ChatRequest,
@@ -98,7 +106,7 @@ def _failed(
     if _request_log.isEnabledFor(_INFO):
         attempts = getattr(error, "attempts", None) or ()
         provider, _, model = attempts[-1].target.partition("/") if attempts else (None, "", None)
-        status = "cancelled" if not isinstance(error, Exception) else error_type(error)
+        status = "cancelled" if _cancelled(error) else error_type(error)
         logs.log_request(
             model=request.model or runtime.config.defaults.model,
             status="truncated" if truncated else status,
@@ -261,14 +269,23 @@ class Engine:
         )
 
     def _record(
-        self, dispatch: Dispatch, started: float, *, success: bool, truncated: bool = False, until: float | None = None
+        self,
+        dispatch: Dispatch,
+        started: float,
+        *,
+        success: bool,
+        truncated: bool = False,
+        until: float | None = None,
+        cancelled: bool = False,
     ) -> None:
-        """Count the request; its overhead runs to `until` (a stream's first chunk) or now."""
+        """Count the request (`cancelled`: its client went away); its overhead runs to `until` (a stream's first
+        chunk) or now."""
         now = dispatch.runtime.clock()
         end = now if until is None else until
         self.metrics.record_request(
             dispatch.name,
             success=success,
+            cancelled=cancelled,
             latency_s=now - started,
             stream=dispatch.stream,
             truncated=truncated,
@@ -327,10 +344,12 @@ class Engine:
             except _LeaderCancelled:  # its client went away; make our own call
                 self.metrics.record_cache(False)
                 return await self._dispatch(runtime, chain, request, started, trace)
-            except ProxyError:
+            except BaseException as exc:  # the shared call failed, or our own client went away while waiting
                 now = runtime.clock()
                 overhead = max(0.0, waiting - started)
-                self.metrics.record_request(route, success=False, latency_s=now - started, overhead_s=overhead)
+                self.metrics.record_request(
+                    route, success=False, cancelled=_cancelled(exc), latency_s=now - started, overhead_s=overhead
+                )
                 raise
             waited = runtime.clock() - waiting
             return self._hit(response, route, started, runtime, stream=False, trace=trace, shared_wait=waited)
@@ -360,8 +379,8 @@ class Engine:
         dispatch = Dispatch(runtime, self.metrics, chain, request, trace)
         try:
             response, admitted = await dispatch.run(_complete)
-        except BaseException:
-            self._record(dispatch, started, success=False)
+        except BaseException as exc:
+            self._record(dispatch, started, success=False, cancelled=_cancelled(exc))
             raise
         cost = await admitted.succeed(response.usage, response=response)
         self._record(dispatch, started, success=True)
@@ -494,8 +513,8 @@ class EngineStream:
             dispatch = Dispatch(runtime, metrics, chain, request, trace)
             try:
                 opened, admitted = await dispatch.run(_open_stream)
-            except BaseException:
-                engine._record(dispatch, started, success=False)
+            except BaseException as exc:
+                engine._record(dispatch, started, success=False, cancelled=_cancelled(exc))
                 raise
             first_token_at = runtime.clock()
             self.provider, self.model = admitted.target.provider, admitted.target.model
@@ -521,10 +540,10 @@ class EngineStream:
                 error.attempts = dispatch.attempts  # type: ignore[attr-defined]
                 truncated = True
                 raise error from exc
-            except BaseException:  # the client went away (GeneratorExit, cancellation)
+            except BaseException as exc:  # the client went away (GeneratorExit, cancellation), or a bug
                 await opened.aclose()
                 await admitted.abandon()
-                engine._record(dispatch, started, success=False, until=first_token_at)
+                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
                 raise
             response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
             cost = await admitted.succeed(response.usage, first_token_at=first_token_at, response=response)

@@ -1,8 +1,10 @@
 """The in-process metrics store behind `get_metrics` (and, later, the Prometheus exposition).
 
 Counting rule (DESIGN.md "Telemetry"):
-- `total_requests` counts client completion requests: `total_requests == success_requests + failed_requests`.
-  A request is recorded once, when it ends, with `record_request()`.
+- `total_requests` counts client completion requests:
+  `total_requests == success_requests + failed_requests + cancelled_requests`. A request is recorded once, when it
+  ends, with `record_request()`. `cancelled` is a request its client gave up on (it disconnected or cancelled the
+  call) before the answer was complete: neither a success nor a failure, and never in the error counts.
 - The per-provider counts (`provider_usage`, `provider_errors`, `request_count`, `error_count`, `stream_count`,
   `token_count`) count ATTEMPTS sent to that provider, recorded with `record_attempt()`; with retries and fallbacks
   they can sum to more than `total_requests`.
@@ -216,7 +218,7 @@ class Metrics:
 
     def reset(self) -> None:
         """Forget everything (tests; never called on a reload)."""
-        self.total_requests = self.success_requests = self.failed_requests = 0
+        self.total_requests = self.success_requests = self.failed_requests = self.cancelled_requests = 0
         self.cached_requests = self.stream_requests = self.streams_truncated = 0
         self.fallbacks = self.retries = 0
         self.cache_hits = self.cache_misses = self.cache_tokens_saved = 0
@@ -225,6 +227,7 @@ class Metrics:
         self.latency = LatencyWindow(self._window)
         self.providers: dict[str, ProviderStats] = {}
         self.models: dict[str, list[int]] = {}  # name -> [requests, successes, failures, cached]
+        self.cancelled_models: dict[str, int] = {}  # name (a key of `models`) -> cancelled requests
         self.overhead = Histogram(OVERHEAD_BUCKETS)
         self.operations: dict[OperationKey, OperationStats] = {}
 
@@ -254,15 +257,21 @@ class Metrics:
         fallbacks: int = 0,
         retries: int = 0,
         overhead_s: float | None = None,
+        cancelled: bool = False,
     ) -> None:
         """One client request ended. `cached` means served from the cache (always a success, no attempt);
-        `truncated` a stream that failed after its first content chunk; `fallbacks` the targets moved past,
+        `cancelled` that its client went away before the answer was complete (neither a success nor a failure,
+        whatever `success` says); `truncated` a stream that failed after its first content chunk; `fallbacks` the
+        targets moved to after a failure,
         `retries` the extra attempts on a target; `overhead_s` the proxy's own part of `latency_s` (default: all
         of it, for a request that never waited on an upstream)."""
         success = success or cached
+        cancelled = cancelled and not success
         self.total_requests += 1
         if success:
             self.success_requests += 1
+        elif cancelled:
+            self.cancelled_requests += 1
         else:
             self.failed_requests += 1
         if cached:
@@ -286,7 +295,10 @@ class Metrics:
                 name = OTHER_LABEL
             row = self.models.setdefault(name, [0, 0, 0, 0])
         row[0] += 1
-        row[1 if success else 2] += 1
+        if cancelled:
+            self.cancelled_models[name] = self.cancelled_models.get(name, 0) + 1
+        else:
+            row[1 if success else 2] += 1
         if cached:
             row[3] += 1
 
@@ -409,6 +421,7 @@ class Metrics:
             "provider_usage": {name: row["request_count"] for name, row in rows.items()},
             "provider_errors": {name: row["error_count"] for name, row in rows.items()},
             "provider_metrics": rows,
+            "cancelled_requests": self.cancelled_requests,
             "cached_requests": self.cached_requests,
             "stream_requests": self.stream_requests,
             "streams_truncated": self.streams_truncated,
@@ -438,7 +451,13 @@ class Metrics:
             },
             "reloads": {"ok": self.reloads_ok, "rejected": self.reloads_rejected, "last": self.last_reload},
             "models": {
-                name: {"requests": row[0], "successes": row[1], "failures": row[2], "cached": row[3]}
+                name: {
+                    "requests": row[0],
+                    "successes": row[1],
+                    "failures": row[2],
+                    "cancelled": self.cancelled_models.get(name, 0),
+                    "cached": row[3],
+                }
                 for name, row in self.models.items()
             },
         }

@@ -64,7 +64,7 @@ def test_cache_hit_is_a_success_and_no_attempt():
     assert snap["provider_usage"] == {} and snap["provider_metrics"] == {}
     assert snap["cached_requests"] == 1
     assert snap["cache"] == {"hits": 1, "misses": 1, "hit_rate": 0.5, "tokens_saved": 42}
-    assert snap["models"]["default"] == {"requests": 1, "successes": 1, "failures": 0, "cached": 1}
+    assert snap["models"]["default"] == {"requests": 1, "successes": 1, "failures": 0, "cancelled": 0, "cached": 1}
 
 
 def test_snapshot_shape_is_exactly_designs_then_extras():
@@ -105,7 +105,23 @@ def test_extras_errors_by_kind_streams_tokens():
     assert snap["provider_metrics"]["openai"]["errors_by_kind"] == {"rate_limited": 2, "server": 1}
     assert snap["stream_requests"] == 2 and snap["streams_truncated"] == 1
     assert snap["tokens"] == {"input": 110, "output": 25}
-    assert snap["models"]["fast"] == {"requests": 1, "successes": 0, "failures": 1, "cached": 0}
+    assert snap["models"]["fast"] == {"requests": 1, "successes": 0, "failures": 1, "cancelled": 0, "cached": 0}
+
+
+def test_a_cancelled_request_is_neither_a_success_nor_a_failure():
+    metrics = Metrics()
+    metrics.record_request("default", success=True)
+    metrics.record_request("default", success=False, cancelled=True, stream=True)
+    metrics.record_request("default", success=False)
+    metrics.record_request("default", success=True, cached=True, cancelled=True)  # a served cache hit stays a success
+    snap = metrics.snapshot()
+    assert (snap["total_requests"], snap["success_requests"]) == (4, 2)
+    assert (snap["failed_requests"], snap["cancelled_requests"]) == (1, 1)
+    assert snap["total_requests"] == snap["success_requests"] + snap["failed_requests"] + snap["cancelled_requests"]
+    assert snap["models"]["default"] == {"requests": 4, "successes": 2, "failures": 1, "cancelled": 1, "cached": 1}
+    assert snap["errors_by_kind"] == {} and snap["stream_requests"] == 1
+    metrics.reset()
+    assert metrics.snapshot()["cancelled_requests"] == 0 and metrics.cancelled_models == {}
 
 
 def test_failed_attempt_without_a_kind_counts_as_unknown():

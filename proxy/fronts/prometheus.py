@@ -4,7 +4,8 @@ Nothing is recorded twice: a `prometheus_client` collector turns `Metrics` (prox
 cache backend's counters and the config version into metric families when Prometheus scrapes, so the hot path
 pays nothing for the exposition. Names follow Prometheus conventions (`_total` counters, `_seconds` units):
 
-    llm_proxy_requests_total{model,result}             client requests by configured model (success|failure)
+    llm_proxy_requests_total{model,result}             client requests by configured model
+                                                       (success|failure|cancelled: the client went away)
     llm_proxy_cached_requests_total{model}             ... of which served from the cache
     llm_proxy_request_duration_seconds                 client request latency (histogram)
     llm_proxy_stream_requests_total, llm_proxy_streams_truncated_total, llm_proxy_fallbacks_total,
@@ -132,9 +133,11 @@ class EngineCollector(Collector):
         metrics = engine.metrics
         requests = CounterMetricFamily("llm_proxy_requests", "Client requests.", labels=["model", "result"])
         cached = CounterMetricFamily("llm_proxy_cached_requests", "Requests served from the cache.", labels=["model"])
+        cancelled = metrics.cancelled_models
         for model, (_, successes, failures, hits) in metrics.models.items():
             requests.add_metric([model, "success"], successes)
             requests.add_metric([model, "failure"], failures)
+            requests.add_metric([model, "cancelled"], cancelled.get(model, 0))
             cached.add_metric([model], hits)
         yield requests
         yield cached

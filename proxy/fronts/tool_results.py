@@ -109,9 +109,14 @@ class MetricsReport(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    total_requests: int = Field(description="Client completion requests (= success_requests + failed_requests)")
+    total_requests: int = Field(
+        description="Client completion requests (= success_requests + failed_requests + cancelled_requests)"
+    )
     success_requests: int
     failed_requests: int
+    cancelled_requests: int = Field(
+        description="Requests whose client went away (disconnected or cancelled) before the answer was complete"
+    )
     provider_usage: dict[str, int] = Field(description="Attempts sent to each provider")
     provider_errors: dict[str, int] = Field(description="Failed attempts per provider")
     provider_metrics: dict[str, dict[str, Any]] = Field(description="Per-provider counters and latency percentiles")

@@ -1,0 +1,167 @@
+"""A client that goes away mid-answer makes its request `cancelled`: counted apart from successes and failures
+(`cancelled_requests` in `get_metrics`, `llm_proxy_requests_total{result="cancelled"}` on `/metrics`), never an
+upstream error, and logged with status `cancelled`. Through both HTTP fronts (a client that closes its connection
+after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from mcp import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.config import load_config_text
+from proxy.engine import Engine
+from proxy.fronts import anthropic_api, openai_api
+from proxy.fronts.mcp_server import McpFront
+from proxy.providers.base import Provider
+from proxy.runtime import Runtime
+from proxy.types import ChatRequest, ChatResponse, StreamChunk
+from tests.http_server import engine_app
+
+TOKEN = "test-cancelled-token-2468"
+CONFIG = """
+version: 1
+server: {auth: {bearer_tokens: ["${TOKEN}"]}}
+providers:
+  stalling: {type: python, class: "tests.test_cancelled_requests:StallingProvider"}
+  fine: {type: mock, mock: {reply: "a fine answer"}}
+retry: {max_attempts: 1}
+cache: {backend: none}
+models:
+  default: {targets: [{provider: stalling, model: stall-1}]}
+  fine: {targets: [{provider: fine, model: fine-1}]}
+"""
+HI = [{"role": "user", "content": "hi"}]
+
+
+class StallingProvider(Provider):
+    """Streams one chunk, then waits forever (a whole answer never comes); counts the calls made and ended."""
+
+    started = ended = 0
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        StallingProvider.started += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            StallingProvider.ended += 1
+        raise AssertionError("unreachable")
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
+        StallingProvider.started += 1
+        try:
+            yield StreamChunk(text="Hello")
+            await asyncio.Event().wait()
+        finally:
+            StallingProvider.ended += 1
+
+
+@pytest.fixture(autouse=True)
+def request_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    StallingProvider.started = StallingProvider.ended = 0
+    caplog.set_level(logging.INFO, logger="proxy.request")
+    return caplog
+
+
+async def eventually(condition: Callable[[], object]) -> None:
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - engine state, no event to wait on
+            await anyio.sleep(0.01)
+
+
+def statuses(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.status for record in caplog.records if record.name == "proxy.request"]
+
+
+def request_counts(text: str) -> dict[str, float]:
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llm_proxy_requests_total" and sample.labels["model"] == "default"
+    }
+
+
+def assert_one_cancelled(engine: Engine) -> None:
+    snap = engine.metrics_snapshot()
+    assert (snap["total_requests"], snap["cancelled_requests"]) == (1, 1)
+    assert (snap["success_requests"], snap["failed_requests"]) == (0, 0)
+    assert snap["provider_errors"]["stalling"] == 0 and snap["errors_by_kind"] == {}  # no upstream error either
+    assert snap["streams_truncated"] == 0
+    assert snap["models"]["default"]["cancelled"] == 1 and snap["models"]["default"]["failures"] == 0
+
+
+STREAMS = {
+    "openai": ("/v1/chat/completions", {"model": "default", "messages": HI, "stream": True}),
+    "anthropic": ("/v1/messages", {"model": "default", "max_tokens": 50, "messages": HI, "stream": True}),
+}
+
+
+@pytest.mark.parametrize("front", list(STREAMS))
+async def test_closing_the_connection_after_the_first_chunk_is_a_cancelled_request(front, request_log):
+    path, body = STREAMS[front]
+    routes = [*openai_api.routes, *anthropic_api.routes]
+    async with (
+        engine_app(CONFIG, api_routes=routes, env={"TOKEN": TOKEN}) as (base_url, engine),
+        aiohttp.ClientSession(base_url, headers={"authorization": f"Bearer {TOKEN}"}) as session,
+    ):
+        response = await session.post(path, json=body)
+        assert response.status == 200
+        first = b""
+        while b"Hello" not in first:  # up to the first chunk of text
+            first += await response.content.readuntil(b"\n\n")
+        response.close()  # drops the connection
+        await eventually(lambda: StallingProvider.ended == 1 and engine.metrics.total_requests == 1)
+        assert_one_cancelled(engine)
+        async with session.get("/metrics") as scraped:
+            counts = request_counts(await scraped.text())
+    assert counts == {"success": 0, "failure": 0, "cancelled": 1}
+    assert statuses(request_log) == ["cancelled"]
+
+
+async def test_closing_the_connection_before_a_whole_answer_is_a_cancelled_request(request_log):
+    async with engine_app(CONFIG, api_routes=openai_api.routes, env={"TOKEN": TOKEN}) as (base_url, engine):
+
+        async def ask() -> None:
+            async with aiohttp.ClientSession(base_url, headers={"authorization": f"Bearer {TOKEN}"}) as session:
+                await session.post("/v1/chat/completions", json={"model": "default", "messages": HI})
+
+        client = asyncio.create_task(ask())
+        await eventually(lambda: StallingProvider.started == 1)
+        client.cancel()  # the client gives up: its connection closes
+        await asyncio.gather(client, return_exceptions=True)
+        await eventually(lambda: StallingProvider.ended == 1 and engine.metrics.total_requests == 1)
+        assert_one_cancelled(engine)
+    assert statuses(request_log) == ["cancelled"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_cancelled_mcp_tool_call_is_a_cancelled_request(stream, request_log):
+    engine = Engine(Runtime.build(load_config_text(CONFIG, env={"TOKEN": TOKEN})))
+    front = McpFront(engine)
+    try:
+        async with Client(front.server) as client:
+            async with anyio.create_task_group() as tasks:
+                arguments = {"prompt": "x", "stream": stream}
+                tasks.start_soon(lambda: client.call_tool("complete_text", arguments))
+                await eventually(lambda: StallingProvider.started == 1)
+                tasks.cancel_scope.cancel()  # the client gives up: the SDK cancels the request
+            await eventually(lambda: StallingProvider.ended == 1 and not front.in_flight)
+            assert_one_cancelled(engine)
+            result = await client.call_tool("get_metrics", {})
+            assert result.structured_content["cancelled_requests"] == 1
+            assert json.loads(result.content[0].text)["failed_requests"] == 0
+    finally:
+        await engine.aclose()
+    assert statuses(request_log) == ["cancelled"]
