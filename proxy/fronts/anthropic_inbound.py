@@ -28,22 +28,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.fronts.anthropic_fields import (
-    array,
-    brief,
-    expect_object,
-    fail,
-    integer,
-    json_kind,
-    json_object,
-    number,
-    optional_bool,
-    optional_string,
-    string,
-    unicode_text,
-)
+from proxy.errors import RequestError
+from proxy.fronts.fields import Fields, between_got, brief, json_kind
 from proxy.types import ChatRequest, ContentPart, ImagePart, Message, TextPart, ToolCall, ToolChoice, ToolDef
 
+FIELDS = Fields(
+    error=lambda path, problem: RequestError(f"{path}: {problem}", param=path),
+    kind=json_kind,
+    out_of_range=between_got,
+    integral_floats=False,
+    surrogate="holds a lone UTF-16 surrogate (an unpaired `\\ud800`-`\\udfff` escape), which is not text",
+)
 MAX_OUTPUT_TOKENS = 2**31 - 1
 MAX_MESSAGES = 100_000
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -58,53 +53,57 @@ _DROPPED_ASSISTANT_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
 def _block_type(block: dict[str, Any], path: str) -> str:
-    return string(block.get("type"), f"{path}.type", non_empty=True)
+    return FIELDS.string(block.get("type"), f"{path}.type", non_empty=True)
 
 
 # --- content blocks ------------------------------------------------------------------------------------------
 
 
 def _text_block(block: dict[str, Any], path: str) -> TextPart:
-    return TextPart(string(block.get("text"), f"{path}.text"))
+    return TextPart(FIELDS.string(block.get("text"), f"{path}.text"))
 
 
 def _image_block(block: dict[str, Any], path: str) -> ImagePart:
-    source = expect_object(block.get("source"), f"{path}.source")
-    kind = string(source.get("type"), f"{path}.source.type", non_empty=True)
+    source = FIELDS.object(block.get("source"), f"{path}.source")
+    kind = FIELDS.string(source.get("type"), f"{path}.source.type", non_empty=True)
     if kind == "base64":
-        media_type = string(source.get("media_type"), f"{path}.source.media_type")
+        media_type = FIELDS.string(source.get("media_type"), f"{path}.source.media_type")
         if media_type not in IMAGE_MEDIA_TYPES:
-            fail(
+            FIELDS.fail(
                 f"{path}.source.media_type", f"must be one of {', '.join(IMAGE_MEDIA_TYPES)}, got `{brief(media_type)}`"
             )
-        data = string(source.get("data"), f"{path}.source.data", non_empty=True)
+        data = FIELDS.string(source.get("data"), f"{path}.source.data", non_empty=True)
         return ImagePart(f"data:{media_type};base64,{data}")
     if kind == "url":
-        url = string(source.get("url"), f"{path}.source.url", non_empty=True)
+        url = FIELDS.string(source.get("url"), f"{path}.source.url", non_empty=True)
         if not url.startswith(("https://", "http://")):
-            fail(f"{path}.source.url", "must be an http(s) URL")
+            FIELDS.fail(f"{path}.source.url", "must be an http(s) URL")
         return ImagePart(url)
-    fail(f"{path}.source.type", f"must be `base64` or `url`, got `{brief(kind)}` (file sources are not supported)")
+    FIELDS.fail(
+        f"{path}.source.type", f"must be `base64` or `url`, got `{brief(kind)}` (file sources are not supported)"
+    )
 
 
 def _tool_result(block: dict[str, Any], path: str) -> Message:
-    call_id = string(block.get("tool_use_id"), f"{path}.tool_use_id", non_empty=True)
-    is_error = optional_bool(block.get("is_error"), f"{path}.is_error")
+    call_id = FIELDS.string(block.get("tool_use_id"), f"{path}.tool_use_id", non_empty=True)
+    is_error = FIELDS.optional_bool(block.get("is_error"), f"{path}.is_error")
     content = block.get("content")
     parts: list[ContentPart] = []
     if isinstance(content, str):
-        parts.append(TextPart(unicode_text(content, f"{path}.content")))
+        parts.append(TextPart(FIELDS.text(content, f"{path}.content")))
     elif content is not None:
-        for index, item in enumerate(array(content, f"{path}.content")):
+        for index, item in enumerate(FIELDS.array(content, f"{path}.content")):
             item_path = f"{path}.content[{index}]"
-            item = expect_object(item, item_path)
+            item = FIELDS.object(item, item_path)
             kind = _block_type(item, item_path)
             if kind == "text":
                 parts.append(_text_block(item, item_path))
             elif kind == "image":
                 parts.append(_image_block(item, item_path))
             else:
-                fail(f"{item_path}.type", f"a tool result can hold `text` and `image` blocks, not `{brief(kind)}`")
+                FIELDS.fail(
+                    f"{item_path}.type", f"a tool result can hold `text` and `image` blocks, not `{brief(kind)}`"
+                )
     if is_error:
         parts.insert(0, TextPart(TOOL_ERROR_PREFIX if parts else TOOL_ERROR_PREFIX.rstrip(": ")))
     if all(isinstance(part, TextPart) for part in parts):
@@ -114,9 +113,9 @@ def _tool_result(block: dict[str, Any], path: str) -> Message:
 
 
 def _tool_use(block: dict[str, Any], path: str) -> ToolCall:
-    call_id = string(block.get("id"), f"{path}.id", non_empty=True)
-    name = string(block.get("name"), f"{path}.name", non_empty=True)
-    arguments = json_object(block.get("input"), f"{path}.input")
+    call_id = FIELDS.string(block.get("id"), f"{path}.id", non_empty=True)
+    name = FIELDS.string(block.get("name"), f"{path}.name", non_empty=True)
+    arguments = FIELDS.json_object(block.get("input"), f"{path}.input")
     return ToolCall(call_id, name, json.dumps(arguments, ensure_ascii=False, separators=(",", ":")))
 
 
@@ -126,7 +125,7 @@ def _user_messages(content: list[Any], path: str) -> list[Message]:
     parts: list[ContentPart] = []
     for index, block in enumerate(content):
         block_path = f"{path}[{index}]"
-        block = expect_object(block, block_path)
+        block = FIELDS.object(block, block_path)
         kind = _block_type(block, block_path)
         if kind == "text":
             parts.append(_text_block(block, block_path))
@@ -139,7 +138,7 @@ def _user_messages(content: list[Any], path: str) -> list[Message]:
             messages.append(_tool_result(block, block_path))
         else:
             allowed = "`text`, `image` and `tool_result`"
-            fail(f"{block_path}.type", f"user messages can hold {allowed} blocks, not `{brief(kind)}`")
+            FIELDS.fail(f"{block_path}.type", f"user messages can hold {allowed} blocks, not `{brief(kind)}`")
     if parts:
         messages.append(Message("user", tuple(parts)))
     return messages
@@ -150,14 +149,16 @@ def _assistant_message(content: list[Any], path: str) -> Message | None:
     calls: list[ToolCall] = []
     for index, block in enumerate(content):
         block_path = f"{path}[{index}]"
-        block = expect_object(block, block_path)
+        block = FIELDS.object(block, block_path)
         kind = _block_type(block, block_path)
         if kind == "text":
             parts.append(_text_block(block, block_path))
         elif kind == "tool_use":
             calls.append(_tool_use(block, block_path))
         elif kind not in _DROPPED_ASSISTANT_BLOCKS:
-            fail(f"{block_path}.type", f"assistant messages can hold `text` and `tool_use` blocks, not `{brief(kind)}`")
+            FIELDS.fail(
+                f"{block_path}.type", f"assistant messages can hold `text` and `tool_use` blocks, not `{brief(kind)}`"
+            )
     if not parts and not calls:
         return None
     return Message("assistant", tuple(parts) if parts else None, tool_calls=tuple(calls))
@@ -165,44 +166,44 @@ def _assistant_message(content: list[Any], path: str) -> Message | None:
 
 def _system_text(value: object, path: str) -> str:
     if isinstance(value, str):
-        return unicode_text(value, path)
+        return FIELDS.text(value, path)
     texts = []
-    for index, block in enumerate(array(value, path)):
+    for index, block in enumerate(FIELDS.array(value, path)):
         block_path = f"{path}[{index}]"
-        block = expect_object(block, block_path)
+        block = FIELDS.object(block, block_path)
         kind = _block_type(block, block_path)
         if kind != "text":
-            fail(f"{block_path}.type", f"system content can only hold `text` blocks, not `{brief(kind)}`")
+            FIELDS.fail(f"{block_path}.type", f"system content can only hold `text` blocks, not `{brief(kind)}`")
         texts.append(_text_block(block, block_path).text)
     return "\n".join(texts)
 
 
 def _messages(value: object) -> list[Message]:
     if value is None:
-        fail("messages", "is required")
-    items = array(value, "messages")
+        FIELDS.fail("messages", "is required")
+    items = FIELDS.array(value, "messages")
     if not items:
-        fail("messages", "must hold at least one message")
+        FIELDS.fail("messages", "must hold at least one message")
     if len(items) > MAX_MESSAGES:
-        fail("messages", f"holds {len(items)} messages; the limit is {MAX_MESSAGES}")
+        FIELDS.fail("messages", f"holds {len(items)} messages; the limit is {MAX_MESSAGES}")
     messages: list[Message] = []
     for index, item in enumerate(items):
         path = f"messages[{index}]"
-        item = expect_object(item, path)
-        role = string(item.get("role"), f"{path}.role")
+        item = FIELDS.object(item, path)
+        role = FIELDS.string(item.get("role"), f"{path}.role")
         content = item.get("content")
         if content is None:
-            fail(f"{path}.content", "is required")
+            FIELDS.fail(f"{path}.content", "is required")
         if not isinstance(content, str | list):
-            fail(f"{path}.content", f"must be a string or an array of content blocks, not {json_kind(content)}")
+            FIELDS.fail(f"{path}.content", f"must be a string or an array of content blocks, not {json_kind(content)}")
         if isinstance(content, list) and not content:
-            fail(f"{path}.content", "must hold at least one content block")
+            FIELDS.fail(f"{path}.content", "must hold at least one content block")
         if role == "system":
             messages.append(Message("system", _system_text(content, f"{path}.content")))
         elif role not in ("user", "assistant"):
-            fail(f"{path}.role", f"must be `user` or `assistant`, got `{brief(role)}`")
+            FIELDS.fail(f"{path}.role", f"must be `user` or `assistant`, got `{brief(role)}`")
         elif isinstance(content, str):
-            messages.append(Message(role, unicode_text(content, f"{path}.content")))
+            messages.append(Message(role, FIELDS.text(content, f"{path}.content")))
         elif role == "user":
             messages.extend(_user_messages(content, f"{path}.content"))
         elif (message := _assistant_message(content, f"{path}.content")) is not None:
@@ -218,22 +219,24 @@ def _tools(value: object) -> tuple[ToolDef, ...]:
         return ()
     tools: list[ToolDef] = []
     seen: set[str] = set()
-    for index, item in enumerate(array(value, "tools")):
+    for index, item in enumerate(FIELDS.array(value, "tools")):
         path = f"tools[{index}]"
-        item = expect_object(item, path)
-        kind = optional_string(item.get("type"), f"{path}.type")
+        item = FIELDS.object(item, path)
+        kind = FIELDS.optional_string(item.get("type"), f"{path}.type")
         if kind not in (None, "custom"):
-            fail(f"{path}.type", f"server tool `{brief(kind)}` is not supported by this proxy; only custom tools are")
-        name = string(item.get("name"), f"{path}.name", non_empty=True)
+            FIELDS.fail(
+                f"{path}.type", f"server tool `{brief(kind)}` is not supported by this proxy; only custom tools are"
+            )
+        name = FIELDS.string(item.get("name"), f"{path}.name", non_empty=True)
         if name in seen:
-            fail(f"{path}.name", f"tool `{brief(name)}` is declared twice")
+            FIELDS.fail(f"{path}.name", f"tool `{brief(name)}` is declared twice")
         seen.add(name)
         tools.append(
             ToolDef(
                 name=name,
-                description=optional_string(item.get("description"), f"{path}.description"),
-                parameters=json_object(item.get("input_schema"), f"{path}.input_schema"),
-                strict=optional_bool(item.get("strict"), f"{path}.strict"),
+                description=FIELDS.optional_string(item.get("description"), f"{path}.description"),
+                parameters=FIELDS.json_object(item.get("input_schema"), f"{path}.input_schema"),
+                strict=FIELDS.optional_bool(item.get("strict"), f"{path}.strict"),
             )
         )
     return tuple(tools)
@@ -243,16 +246,16 @@ def _tool_choice(value: object, tools: tuple[ToolDef, ...]) -> tuple[ToolChoice 
     """(`tool_choice`, `parallel_tool_calls`)."""
     if value is None:
         return None, None
-    choice = expect_object(value, "tool_choice")
-    kind = string(choice.get("type"), "tool_choice.type")
+    choice = FIELDS.object(value, "tool_choice")
+    kind = FIELDS.string(choice.get("type"), "tool_choice.type")
     if kind not in _TOOL_CHOICE_MODES:
-        fail("tool_choice.type", f"must be one of auto, any, tool, none; got `{brief(kind)}`")
-    serial = optional_bool(choice.get("disable_parallel_tool_use"), "tool_choice.disable_parallel_tool_use")
+        FIELDS.fail("tool_choice.type", f"must be one of auto, any, tool, none; got `{brief(kind)}`")
+    serial = FIELDS.optional_bool(choice.get("disable_parallel_tool_use"), "tool_choice.disable_parallel_tool_use")
     name = None
     if kind == "tool":
-        name = string(choice.get("name"), "tool_choice.name", non_empty=True)
+        name = FIELDS.string(choice.get("name"), "tool_choice.name", non_empty=True)
         if name not in {tool.name for tool in tools}:
-            fail("tool_choice.name", f"names no tool in `tools`: `{brief(name)}`")
+            FIELDS.fail("tool_choice.name", f"names no tool in `tools`: `{brief(name)}`")
     mode = _TOOL_CHOICE_MODES[kind]
     return ToolChoice(mode, name), (False if serial else None)  # type: ignore[arg-type]
 
@@ -263,23 +266,23 @@ def _tool_choice(value: object, tools: tuple[ToolDef, ...]) -> tuple[ToolChoice 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     thinking = body.get("thinking")
     if thinking is not None:
-        kind = expect_object(thinking, "thinking").get("type")
+        kind = FIELDS.object(thinking, "thinking").get("type")
         if kind != "disabled":
-            fail("thinking", "extended thinking is not supported by this proxy; omit `thinking` or disable it")
+            FIELDS.fail("thinking", "extended thinking is not supported by this proxy; omit `thinking` or disable it")
     output_config = body.get("output_config")
-    if output_config is not None and expect_object(output_config, "output_config").get("format") is not None:
-        fail("output_config.format", "structured output formats are not supported by this proxy")
+    if output_config is not None and FIELDS.object(output_config, "output_config").get("format") is not None:
+        FIELDS.fail("output_config.format", "structured output formats are not supported by this proxy")
     for field, reason in _REFUSED_FIELDS.items():
         if body.get(field) not in (None, [], {}):
-            fail(field, reason)
+            FIELDS.fail(field, reason)
 
 
 def parse_messages_body(body: Mapping[str, Any], *, count_only: bool = False) -> ChatRequest:
     """A Messages API body as a `ChatRequest`; `count_only` reads a count_tokens body. Raises `RequestError`."""
     model = body.get("model")
     if model is None:
-        fail("model", "is required")
-    model = string(model, "model", non_empty=True)
+        FIELDS.fail("model", "is required")
+    model = FIELDS.string(model, "model", non_empty=True)
     _refuse_unsupported(body)
     messages: list[Message] = []
     system = body.get("system")
@@ -291,8 +294,8 @@ def parse_messages_body(body: Mapping[str, Any], *, count_only: bool = False) ->
     if count_only:
         return ChatRequest(messages=tuple(messages), model=model, tools=tools, tool_choice=tool_choice)
     if body.get("max_tokens") is None:
-        fail("max_tokens", "is required")
-    max_tokens = integer(body.get("max_tokens"), "max_tokens", 1, MAX_OUTPUT_TOKENS)
+        FIELDS.fail("max_tokens", "is required")
+    max_tokens = FIELDS.integer(body.get("max_tokens"), "max_tokens", 1, MAX_OUTPUT_TOKENS)
     temperature = body.get("temperature")
     top_p = body.get("top_p")
     top_k = body.get("top_k")
@@ -300,21 +303,21 @@ def parse_messages_body(body: Mapping[str, Any], *, count_only: bool = False) ->
     metadata = body.get("metadata")
     user = None
     if metadata is not None:
-        user = optional_string(expect_object(metadata, "metadata").get("user_id"), "metadata.user_id")
+        user = FIELDS.optional_string(FIELDS.object(metadata, "metadata").get("user_id"), "metadata.user_id")
     return ChatRequest(
         messages=tuple(messages),
         model=model,
         max_tokens=max_tokens,
-        temperature=None if temperature is None else number(temperature, "temperature", 0.0, 1.0),
-        top_p=None if top_p is None else number(top_p, "top_p", 0.0, 1.0),
+        temperature=None if temperature is None else FIELDS.number(temperature, "temperature", 0.0, 1.0),
+        top_p=None if top_p is None else FIELDS.number(top_p, "top_p", 0.0, 1.0),
         stop=tuple(
-            string(item, f"stop_sequences[{index}]", non_empty=True)
-            for index, item in enumerate(array(stop, "stop_sequences") if stop is not None else ())
+            FIELDS.string(item, f"stop_sequences[{index}]", non_empty=True)
+            for index, item in enumerate(FIELDS.array(stop, "stop_sequences") if stop is not None else ())
         ),
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
-        stream=bool(optional_bool(body.get("stream"), "stream")),
+        stream=bool(FIELDS.optional_bool(body.get("stream"), "stream")),
         user=user,
-        extra={"top_k": integer(top_k, "top_k", 0, MAX_OUTPUT_TOKENS)} if top_k is not None else {},
+        extra={"top_k": FIELDS.integer(top_k, "top_k", 0, MAX_OUTPUT_TOKENS)} if top_k is not None else {},
     )

@@ -24,17 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.fronts.openai_fields import (
-    as_bool,
-    as_integer,
-    as_list,
-    as_number,
-    as_object,
-    as_string,
-    check_unicode,
-    fail,
-    one_of,
-)
+from proxy.fronts.fields import Fields
+from proxy.fronts.http_common import BodyError
 from proxy.types import ChatRequest, ContentPart, ImagePart, Message, TextPart, ToolCall, ToolChoice, ToolDef
 
 MAX_STOP_SEQUENCES = 4
@@ -42,6 +33,7 @@ MAX_TOKENS_LIMIT = 2**31 - 1
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _IMAGE_DETAILS = ("auto", "low", "high")
 _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+FIELDS = Fields(error=lambda path, problem: BodyError(400, f"`{path}`: {problem}", param=path))
 _REFUSED = {
     "functions": "the deprecated `functions` are not supported; use `tools`",
     "function_call": "the deprecated `function_call` is not supported; use `tool_choice`",
@@ -65,66 +57,66 @@ def _content(raw: object, path: str, allowed: tuple[str, ...]) -> str | tuple[Co
     if isinstance(raw, str):
         return raw
     parts: list[ContentPart] = []
-    for index, item in enumerate(as_list(raw, path, nonempty=True)):
+    for index, item in enumerate(FIELDS.array(raw, path, non_empty=True)):
         where = f"{path}[{index}]"
-        part = as_object(item, where)
-        kind = one_of(part.get("type"), f"{where}.type", allowed)
+        part = FIELDS.object(item, where)
+        kind = FIELDS.one_of(part.get("type"), f"{where}.type", allowed)
         if kind == "text":
-            parts.append(TextPart(as_string(part.get("text"), f"{where}.text")))
+            parts.append(TextPart(FIELDS.string(part.get("text"), f"{where}.text")))
         elif kind == "refusal":
-            parts.append(TextPart(as_string(part.get("refusal"), f"{where}.refusal")))
+            parts.append(TextPart(FIELDS.string(part.get("refusal"), f"{where}.refusal")))
         else:
             parts.append(_image(part.get("image_url"), f"{where}.image_url"))
     return tuple(parts)
 
 
 def _image(raw: object, path: str) -> ImagePart:
-    image = as_object(raw, path)
-    url = as_string(image.get("url"), f"{path}.url", nonempty=True)
+    image = FIELDS.object(raw, path)
+    url = FIELDS.string(image.get("url"), f"{path}.url", non_empty=True)
     if not url.startswith(("http://", "https://", "data:")):
-        raise fail(f"{path}.url", "must be an http(s) URL or a `data:` URI")
+        FIELDS.fail(f"{path}.url", "must be an http(s) URL or a `data:` URI")
     detail = image.get("detail")
-    return ImagePart(url, one_of(detail, f"{path}.detail", _IMAGE_DETAILS) if detail is not None else None)
+    return ImagePart(url, FIELDS.one_of(detail, f"{path}.detail", _IMAGE_DETAILS) if detail is not None else None)
 
 
 def _tool_calls(raw: object, path: str) -> tuple[ToolCall, ...]:
     calls = []
-    for index, item in enumerate(as_list(raw, path)):
+    for index, item in enumerate(FIELDS.array(raw, path)):
         where = f"{path}[{index}]"
-        call = as_object(item, where)
-        one_of(call.get("type", "function"), f"{where}.type", ("function",))
-        function = as_object(call.get("function"), f"{where}.function")
+        call = FIELDS.object(item, where)
+        FIELDS.one_of(call.get("type", "function"), f"{where}.type", ("function",))
+        function = FIELDS.object(call.get("function"), f"{where}.function")
         calls.append(
             ToolCall(
-                id=as_string(call.get("id"), f"{where}.id", nonempty=True),
-                name=as_string(function.get("name"), f"{where}.function.name", nonempty=True),
-                arguments=as_string(function.get("arguments"), f"{where}.function.arguments"),
+                id=FIELDS.string(call.get("id"), f"{where}.id", non_empty=True),
+                name=FIELDS.string(function.get("name"), f"{where}.function.name", non_empty=True),
+                arguments=FIELDS.string(function.get("arguments"), f"{where}.function.arguments"),
             )
         )
     return tuple(calls)
 
 
 def _message(raw: object, path: str) -> Message:
-    message = as_object(raw, path)
-    role = one_of(message.get("role"), f"{path}.role", ("system", "developer", "user", "assistant", "tool"))
+    message = FIELDS.object(raw, path)
+    role = FIELDS.one_of(message.get("role"), f"{path}.role", ("system", "developer", "user", "assistant", "tool"))
     name = message.get("name")
-    name = as_string(name, f"{path}.name") if name is not None else None
+    name = FIELDS.string(name, f"{path}.name") if name is not None else None
     content = message.get("content")
     if role == "assistant":
         if message.get("function_call") is not None:
-            raise fail(f"{path}.function_call", _REFUSED["function_call"])
+            FIELDS.fail(f"{path}.function_call", _REFUSED["function_call"])
         calls = _tool_calls(message["tool_calls"], f"{path}.tool_calls") if message.get("tool_calls") else ()
         if content is None and not calls:
-            raise fail(f"{path}.content", "is required unless the message has `tool_calls`")
+            FIELDS.fail(f"{path}.content", "is required unless the message has `tool_calls`")
         text = _content(content, f"{path}.content", ("text", "refusal")) if content is not None else None
         return Message("assistant", text, tool_calls=calls, name=name)
     if content is None:
-        raise fail(f"{path}.content", "is required")
+        FIELDS.fail(f"{path}.content", "is required")
     if role == "user":
         return Message("user", _content(content, f"{path}.content", ("text", "image_url")), name=name)
     text = _content(content, f"{path}.content", ("text",))
     if role == "tool":
-        tool_call_id = as_string(message.get("tool_call_id"), f"{path}.tool_call_id", nonempty=True)
+        tool_call_id = FIELDS.string(message.get("tool_call_id"), f"{path}.tool_call_id", non_empty=True)
         return Message("tool", text, tool_call_id=tool_call_id)
     return Message("system", text, name=name)
 
@@ -134,20 +126,20 @@ def _message(raw: object, path: str) -> Message:
 
 def _tools(raw: object) -> tuple[ToolDef, ...]:
     tools = []
-    for index, item in enumerate(as_list(raw, "tools")):
+    for index, item in enumerate(FIELDS.array(raw, "tools")):
         where = f"tools[{index}]"
-        tool = as_object(item, where)
-        one_of(tool.get("type"), f"{where}.type", ("function",))
-        function = as_object(tool.get("function"), f"{where}.function")
-        name = as_string(function.get("name"), f"{where}.function.name")
+        tool = FIELDS.object(item, where)
+        FIELDS.one_of(tool.get("type"), f"{where}.type", ("function",))
+        function = FIELDS.object(tool.get("function"), f"{where}.function")
+        name = FIELDS.string(function.get("name"), f"{where}.function.name")
         if not _TOOL_NAME.fullmatch(name):
-            raise fail(f"{where}.function.name", "must be 1-64 letters, digits, `_` or `-`")
+            FIELDS.fail(f"{where}.function.name", "must be 1-64 letters, digits, `_` or `-`")
         tools.append(
             ToolDef(
                 name=name,
-                description=_optional(function, "description", as_string, f"{where}.function."),
-                parameters=_optional(function, "parameters", as_object, f"{where}.function."),
-                strict=_optional(function, "strict", as_bool, f"{where}.function."),
+                description=_optional(function, "description", FIELDS.string, f"{where}.function."),
+                parameters=_optional(function, "parameters", FIELDS.object, f"{where}.function."),
+                strict=_optional(function, "strict", FIELDS.boolean, f"{where}.function."),
             )
         )
     return tuple(tools)
@@ -155,76 +147,80 @@ def _tools(raw: object) -> tuple[ToolDef, ...]:
 
 def _tool_choice(raw: object, tools: tuple[ToolDef, ...]) -> ToolChoice:
     if isinstance(raw, str):
-        return ToolChoice(one_of(raw, "tool_choice", ("none", "auto", "required")))  # type: ignore[arg-type]
-    choice = as_object(raw, "tool_choice")
-    one_of(choice.get("type"), "tool_choice.type", ("function",))
-    name = as_string(as_object(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")
+        return ToolChoice(FIELDS.one_of(raw, "tool_choice", ("none", "auto", "required")))  # type: ignore[arg-type]
+    choice = FIELDS.object(raw, "tool_choice")
+    FIELDS.one_of(choice.get("type"), "tool_choice.type", ("function",))
+    name = FIELDS.string(
+        FIELDS.object(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name"
+    )
     if name not in {tool.name for tool in tools}:
-        raise fail("tool_choice.function.name", f"names `{name[:100]}`, which is not one of the `tools`")
+        FIELDS.fail("tool_choice.function.name", f"names `{name[:100]}`, which is not one of the `tools`")
     return ToolChoice("tool", name)
 
 
 def _response_format(raw: object) -> Mapping[str, Any] | None:
-    value = as_object(raw, "response_format")
-    kind = one_of(value.get("type"), "response_format.type", _RESPONSE_FORMATS)
+    value = FIELDS.object(raw, "response_format")
+    kind = FIELDS.one_of(value.get("type"), "response_format.type", _RESPONSE_FORMATS)
     if kind == "text":
         return None
     if kind == "json_schema":
-        schema = as_object(value.get("json_schema"), "response_format.json_schema")
-        as_string(schema.get("name"), "response_format.json_schema.name", nonempty=True)
-        _optional(schema, "schema", as_object, "response_format.json_schema.")
+        schema = FIELDS.object(value.get("json_schema"), "response_format.json_schema")
+        FIELDS.string(schema.get("name"), "response_format.json_schema.name", non_empty=True)
+        _optional(schema, "schema", FIELDS.object, "response_format.json_schema.")
     return value
 
 
 def _stop(raw: object) -> tuple[str, ...]:
     if isinstance(raw, str):
         return (raw,)
-    items = as_list(raw, "stop")
+    items = FIELDS.array(raw, "stop")
     if len(items) > MAX_STOP_SEQUENCES:
-        raise fail("stop", f"may hold at most {MAX_STOP_SEQUENCES} sequences, not {len(items)}")
-    return tuple(as_string(item, f"stop[{index}]") for index, item in enumerate(items))
+        FIELDS.fail("stop", f"may hold at most {MAX_STOP_SEQUENCES} sequences, not {len(items)}")
+    return tuple(FIELDS.string(item, f"stop[{index}]") for index, item in enumerate(items))
 
 
 def _logit_bias(value: object, path: str) -> dict[str, float]:
-    return {key: as_number(bias, f"{path}.{key}", -100, 100) for key, bias in as_object(value, path).items()}
+    return {key: FIELDS.number(bias, f"{path}.{key}", -100, 100) for key, bias in FIELDS.object(value, path).items()}
 
 
 # Provider parameters passed through into the upstream body: name -> check (returns the value to send).
 PASSTHROUGH: Mapping[str, Callable[[object, str], object]] = {
-    "frequency_penalty": lambda v, p: as_number(v, p, -2, 2),
-    "presence_penalty": lambda v, p: as_number(v, p, -2, 2),
+    "frequency_penalty": lambda v, p: FIELDS.number(v, p, -2, 2),
+    "presence_penalty": lambda v, p: FIELDS.number(v, p, -2, 2),
     "logit_bias": _logit_bias,
-    "reasoning_effort": lambda v, p: as_string(v, p, nonempty=True),
-    "verbosity": lambda v, p: as_string(v, p, nonempty=True),
-    "service_tier": lambda v, p: as_string(v, p, nonempty=True),
-    "prompt_cache_key": lambda v, p: as_string(v, p),
-    "safety_identifier": lambda v, p: as_string(v, p),
+    "reasoning_effort": lambda v, p: FIELDS.string(v, p, non_empty=True),
+    "verbosity": lambda v, p: FIELDS.string(v, p, non_empty=True),
+    "service_tier": lambda v, p: FIELDS.string(v, p, non_empty=True),
+    "prompt_cache_key": lambda v, p: FIELDS.string(v, p),
+    "safety_identifier": lambda v, p: FIELDS.string(v, p),
     # sampling extras of OpenAI-compatible servers (vLLM, Ollama, llama.cpp) and Anthropic (`top_k`)
-    "top_k": lambda v, p: as_integer(v, p, 0, MAX_TOKENS_LIMIT),
-    "min_p": lambda v, p: as_number(v, p, 0, 1),
-    "repetition_penalty": lambda v, p: as_number(v, p, 0, 10),
+    "top_k": lambda v, p: FIELDS.integer(v, p, 0, MAX_TOKENS_LIMIT),
+    "min_p": lambda v, p: FIELDS.number(v, p, 0, 1),
+    "repetition_penalty": lambda v, p: FIELDS.number(v, p, 0, 10),
 }
 
 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     n = body.get("n")
-    if n is not None and as_integer(n, "n") != 1:
-        raise fail("n", "only `n: 1` is supported (one choice per request)")
+    if n is not None and FIELDS.integer(n, "n") != 1:
+        FIELDS.fail("n", "only `n: 1` is supported (one choice per request)")
     for key, problem in _REFUSED.items():
         if body.get(key) is not None:
-            raise fail(key, problem)
+            FIELDS.fail(key, problem)
     logprobs = body.get("logprobs")
-    if logprobs is not None and as_bool(logprobs, "logprobs"):
-        raise fail("logprobs", _REFUSED["top_logprobs"])
+    if logprobs is not None and FIELDS.boolean(logprobs, "logprobs"):
+        FIELDS.fail("logprobs", _REFUSED["top_logprobs"])
     modalities = body.get("modalities")
-    if modalities is not None and [as_string(m, "modalities") for m in as_list(modalities, "modalities")] != ["text"]:
-        raise fail("modalities", 'only `["text"]` is supported')
+    if modalities is not None and [FIELDS.string(m, "modalities") for m in FIELDS.array(modalities, "modalities")] != [
+        "text"
+    ]:
+        FIELDS.fail("modalities", 'only `["text"]` is supported')
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
     for key in ("max_completion_tokens", "max_tokens"):
         if body.get(key) is not None:
-            return as_integer(body[key], key, 1, MAX_TOKENS_LIMIT)
+            return FIELDS.integer(body[key], key, 1, MAX_TOKENS_LIMIT)
     return None
 
 
@@ -236,25 +232,25 @@ def _optional(body: Mapping[str, Any], key: str, check: Callable[[object, str], 
 
 def parse_chat_request(body: Mapping[str, Any]) -> InboundChat:
     """Validate an OpenAI Chat Completions body; raises `BodyError` (400) naming the first bad field."""
-    check_unicode(body)
+    FIELDS.check_unicode(body)
     if body.get("model") is None:
-        raise fail("model", "is required: a model name from the proxy's config (see `GET /v1/models`)")
-    model = as_string(body["model"], "model", nonempty=True)
+        FIELDS.fail("model", "is required: a model name from the proxy's config (see `GET /v1/models`)")
+    model = FIELDS.string(body["model"], "model", non_empty=True)
     if body.get("messages") is None:
-        raise fail("messages", "is required")
+        FIELDS.fail("messages", "is required")
     messages = tuple(
         _message(item, f"messages[{index}]")
-        for index, item in enumerate(as_list(body["messages"], "messages", nonempty=True))
+        for index, item in enumerate(FIELDS.array(body["messages"], "messages", non_empty=True))
     )
     _refuse_unsupported(body)
-    stream = bool(_optional(body, "stream", as_bool))
+    stream = bool(_optional(body, "stream", FIELDS.boolean))
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
         if not stream:
-            raise fail("stream_options", "is only allowed when `stream` is true")
-        usage = as_object(options, "stream_options").get("include_usage")
-        include_usage = usage is not None and as_bool(usage, "stream_options.include_usage")
+            FIELDS.fail("stream_options", "is only allowed when `stream` is true")
+        usage = FIELDS.object(options, "stream_options").get("include_usage")
+        include_usage = usage is not None and FIELDS.boolean(usage, "stream_options.include_usage")
     tools = _tools(body["tools"]) if body.get("tools") is not None else ()
     tool_choice = body.get("tool_choice")
     extra = {key: check(body[key], key) for key, check in PASSTHROUGH.items() if body.get(key) is not None}
@@ -262,16 +258,16 @@ def parse_chat_request(body: Mapping[str, Any]) -> InboundChat:
         messages=messages,
         model=model,
         max_tokens=_max_tokens(body),
-        temperature=_optional(body, "temperature", lambda v, p: as_number(v, p, 0, 2)),
-        top_p=_optional(body, "top_p", lambda v, p: as_number(v, p, 0, 1)),
+        temperature=_optional(body, "temperature", lambda v, p: FIELDS.number(v, p, 0, 2)),
+        top_p=_optional(body, "top_p", lambda v, p: FIELDS.number(v, p, 0, 1)),
         stop=_stop(body["stop"]) if body.get("stop") is not None else (),
-        seed=_optional(body, "seed", lambda v, p: as_integer(v, p, -(2**63), 2**63 - 1)),
+        seed=_optional(body, "seed", lambda v, p: FIELDS.integer(v, p, -(2**63), 2**63 - 1)),
         response_format=_response_format(body["response_format"]) if body.get("response_format") is not None else None,
         tools=tools,
         tool_choice=_tool_choice(tool_choice, tools) if tool_choice is not None else None,
-        parallel_tool_calls=_optional(body, "parallel_tool_calls", as_bool),
+        parallel_tool_calls=_optional(body, "parallel_tool_calls", FIELDS.boolean),
         stream=stream,
-        user=_optional(body, "user", as_string),
+        user=_optional(body, "user", FIELDS.string),
         extra=extra,
     )
     return InboundChat(request, include_usage)

@@ -1,0 +1,221 @@
+"""Typed readers for the fields of a JSON request body, shared by the HTTP fronts: each returns the value with its
+type narrowed, or raises the front's error naming the field path (`messages[2].content[0].type`).
+
+    FIELDS = Fields(error=lambda path, problem: RequestError(f"{path}: {problem}", param=path))
+    temperature = FIELDS.number(body["temperature"], "temperature", 0, 2)
+
+A `Fields` is parameterised by the error it raises (`error(path, problem)` builds it, message and `param`) and by
+how its messages phrase a value (`kind`, `out_of_range`, `surrogate`), so each front keeps its own wording: the
+OpenAI front says "must be a number, not string", the Anthropic front "must be a number, not a string". Booleans
+are never numbers; numbers must be finite (Python's JSON reader accepts `NaN`); null counts as absent only where
+a method says `optional`. Nothing here knows an API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+MAX_JSON_DEPTH = 64  # for free-form JSON (tool schemas, tool inputs): deeper is almost surely garbage
+_SHOWN_DIGITS = 30  # longer numbers are not echoed (and huge ints cannot even be turned into text)
+
+
+# --- naming a value in a message ---------------------------------------------------------------------------
+
+
+def kind_name(value: object) -> str:
+    """A JSON value's kind, bare (`number`, `string`; integers are numbers)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def json_kind(value: object) -> str:
+    """A JSON value's kind with its article, integers apart (`an integer`, `a number`, `a string`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def brief(text: str, limit: int = 64) -> str:
+    """`text` cut to `limit` characters for an error message (a client's 1 MB "role" need not come back whole)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def not_value(what: str, low: str | None, high: str | None, value: float) -> str:
+    """`must be a finite number between 0 and 2, not 3` (bounds only when both are given; huge ints unechoed)."""
+    bounds = f" between {low} and {high}" if low is not None and high is not None else ""
+    if isinstance(value, int) and abs(value) >= 10**_SHOWN_DIGITS:
+        shown = "a number that large"
+    else:
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"must be {what}{bounds}, not {shown}"
+
+
+def between_got(what: str, low: str | None, high: str | None, value: float) -> str:
+    """`must be between 0 and 2, got 3` (the value's repr, cut to 24 characters)."""
+    text = repr(value)
+    return f"must be between {low} and {high}, got {text if len(text) <= 24 else text[:24] + '…'}"
+
+
+def field_path(keys: tuple[str | int, ...]) -> str:
+    """`("messages", 2, "content")` -> `messages[2].content`."""
+    text = ""
+    for key in keys:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text
+
+
+def is_text(value: str) -> bool:
+    """False when `value` holds a lone UTF-16 surrogate (JSON can escape one, UTF-8 cannot carry it). O(1) for
+    ASCII text."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --- the readers -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """Field readers raising `error(path, problem)`; see the module docstring for the phrasing parameters.
+
+    `out_of_range(what, low, high, value)` words a number outside its bounds (`what` is `a finite number` or
+    `an integer`, the bounds already formatted, `None` when not given); `integral_floats` reads `2.0` as the
+    integer 2; `surrogate` is the problem of a string holding a lone UTF-16 surrogate."""
+
+    error: Callable[[str, str], Exception]
+    kind: Callable[[object], str] = kind_name
+    out_of_range: Callable[[str, str | None, str | None, float], str] = not_value
+    integral_floats: bool = True
+    surrogate: str = "holds a lone UTF-16 surrogate escape, which is not Unicode text"
+
+    def fail(self, path: str, problem: str) -> NoReturn:
+        raise self.error(path, problem)
+
+    def expect(self, value: object, kinds: tuple[type, ...], path: str, what: str) -> Any:
+        """`value` if it is one of `kinds` (a bool only when `bool` is listed), else `must be <what>, not <kind>`."""
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            self.fail(path, f"must be {what}, not {self.kind(value)}")
+        return value
+
+    def number(self, value: object, path: str, low: float | None = None, high: float | None = None) -> float:
+        number = self.expect(value, (int, float), path, "a number")
+        infinite = isinstance(number, float) and not math.isfinite(number)  # (a huge int cannot become a float)
+        if infinite or (low is not None and number < low) or (high is not None and number > high):
+            self.fail(
+                path,
+                self.out_of_range(
+                    "a finite number",
+                    None if low is None else f"{low:g}",
+                    None if high is None else f"{high:g}",
+                    number,
+                ),
+            )
+        return float(number)
+
+    def integer(self, value: object, path: str, low: int | None = None, high: int | None = None) -> int:
+        if self.integral_floats and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        number = self.expect(value, (int,), path, "an integer")
+        if (low is not None and number < low) or (high is not None and number > high):
+            self.fail(path, self.out_of_range("an integer", f"{low}", f"{high}", number))
+        return number
+
+    def text(self, value: str, path: str) -> str:
+        """`value`, refused if it holds a lone UTF-16 surrogate (no upstream could be sent it)."""
+        if not is_text(value):
+            self.fail(path, self.surrogate)
+        return value
+
+    def string(self, value: object, path: str, *, non_empty: bool = False) -> str:
+        text = self.expect(value, (str,), path, "a string")
+        if non_empty and not text:
+            self.fail(path, "must not be empty")
+        return self.text(text, path)
+
+    def optional_string(self, value: object, path: str) -> str | None:
+        return None if value is None else self.string(value, path)
+
+    def boolean(self, value: object, path: str) -> bool:
+        return self.expect(value, (bool,), path, "a boolean")
+
+    def optional_bool(self, value: object, path: str) -> bool | None:
+        return None if value is None else self.boolean(value, path)
+
+    def object(self, value: object, path: str) -> dict[str, Any]:
+        return self.expect(value, (dict,), path, "an object")
+
+    def array(self, value: object, path: str, *, non_empty: bool = False) -> list[Any]:
+        items = self.expect(value, (list,), path, "an array")
+        if non_empty and not items:
+            self.fail(path, "must not be empty")
+        return items
+
+    def one_of(self, value: object, path: str, choices: tuple[str, ...]) -> str:
+        text = self.string(value, path)
+        if text not in choices:
+            listing = ", ".join(f"`{c}`" for c in choices)
+            self.fail(path, f"must be one of {listing}, not `{text[:100]}`")
+        return text
+
+    def check_unicode(self, body: Any) -> None:
+        """Refuse strings (values or keys) anywhere in `body` holding a lone UTF-16 surrogate: it is not Unicode
+        text, and would fail later when an upstream body or the answer is encoded. Walks iteratively."""
+        stack: list[tuple[Any, tuple[str | int, ...]]] = [(body, ())]
+        while stack:
+            value, path = stack.pop()
+            if isinstance(value, str):
+                self.text(value, field_path(path))
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    if not is_text(key):
+                        self.fail(field_path(path) or "the request body", "a key holds a lone UTF-16 surrogate escape")
+                    stack.append((item, (*path, key)))
+            elif isinstance(value, list):
+                stack.extend((item, (*path, index)) for index, item in enumerate(value))
+
+    def json_object(self, value: object, path: str) -> dict[str, Any]:
+        """A free-form JSON object (tool schema, tool input): nesting bounded, every key and string real text."""
+        obj = self.object(value, path)
+        level: list[Any] = [obj]
+        for _ in range(MAX_JSON_DEPTH):
+            children: list[Any] = []
+            for node in level:
+                items = node.items() if isinstance(node, dict) else enumerate(node)
+                for key, child in items:
+                    if isinstance(key, str):
+                        self.text(key, path)
+                    if isinstance(child, str):
+                        self.text(child, path)
+                    elif isinstance(child, dict | list):
+                        children.append(child)
+            if not children:
+                return obj
+            level = children
+        self.fail(path, f"nests deeper than {MAX_JSON_DEPTH} levels")

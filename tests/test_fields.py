@@ -1,0 +1,48 @@
+"""proxy.fronts.fields: one set of readers, each front's error and wording (the fronts' own tests pin the rest)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.errors import RequestError
+from proxy.fronts.anthropic_inbound import FIELDS as ANTHROPIC
+from proxy.fronts.fields import Fields
+from proxy.fronts.http_common import BodyError
+from proxy.fronts.openai_inbound import FIELDS as OPENAI
+
+
+def test_each_front_raises_its_own_error_naming_the_path():
+    with pytest.raises(BodyError) as openai:
+        OPENAI.string(3, "messages[0].content")
+    assert (openai.value.status, openai.value.param) == (400, "messages[0].content")
+    assert openai.value.message == "`messages[0].content`: must be a string, not number"
+    with pytest.raises(RequestError) as anthropic:
+        ANTHROPIC.string(3, "messages[0].content")
+    assert anthropic.value.param == "messages[0].content"
+    assert str(anthropic.value) == "messages[0].content: must be a string, not an integer"
+
+
+def test_integral_floats_are_integers_only_where_asked():
+    assert OPENAI.integer(2.0, "n") == 2
+    with pytest.raises(RequestError, match="must be an integer, not a number"):
+        ANTHROPIC.integer(2.0, "max_tokens", 1, 10)
+
+
+@pytest.mark.parametrize("fields", [OPENAI, ANTHROPIC])
+def test_a_huge_integer_is_out_of_range_not_a_crash(fields: Fields):
+    with pytest.raises((BodyError, RequestError)) as caught:
+        fields.number(10**400, "temperature", 0, 2)
+    assert "temperature" in str(caught.value)
+    with pytest.raises((BodyError, RequestError)):
+        fields.number(float("nan"), "temperature", 0, 2)
+
+
+def test_lone_surrogates_are_found_anywhere_with_their_path():
+    with pytest.raises(BodyError) as caught:
+        OPENAI.check_unicode({"messages": [{"content": "ok"}, {"content": "bad \ud800"}]})
+    assert caught.value.param == "messages[1].content"
+    with pytest.raises(BodyError) as key:
+        OPENAI.check_unicode({"metadata": {"\udc00": 1}})
+    assert key.value.message == "`metadata`: a key holds a lone UTF-16 surrogate escape"
+    with pytest.raises(RequestError, match=r"^tools\[0\]\.input_schema: holds a lone UTF-16 surrogate"):
+        ANTHROPIC.json_object({"a": ["\ud800"]}, "tools[0].input_schema")
