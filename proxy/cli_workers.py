@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import signal
@@ -215,17 +214,6 @@ class _Supervisor:
 # --- the child ------------------------------------------------------------------------------------------
 
 
-def _serve_kwargs(sock: socket.socket) -> dict[str, Any]:
-    """How to make `serve_http` use the inherited socket: its `sock=` argument where it has one; else by handing
-    the socket to its `_listen` (this process serves exactly this one socket)."""
-    from proxy.fronts import serve as fronts_serve
-
-    if "sock" in inspect.signature(fronts_serve.serve_http).parameters:
-        return {"sock": sock}
-    fronts_serve._listen = lambda host, port: sock  # type: ignore[assignment]
-    return {}
-
-
 async def _child(config: Config, options: ServeOptions, sock: socket.socket, index: int, ready: int, life: int) -> None:
     import anyio
 
@@ -243,7 +231,7 @@ async def _child(config: Config, options: ServeOptions, sock: socket.socket, ind
 
     loop.add_reader(life, on_lifeline)
     try:
-        await serve(config, options, stop=stop, on_ready=on_ready, **_serve_kwargs(sock))
+        await serve(config, options, stop=stop, on_ready=on_ready, sock=sock)
     finally:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(life)

@@ -1,6 +1,7 @@
 """Running the MCP front: over stdio, or over streamable HTTP in a Starlette app served by uvicorn.
 
     await serve_http(front, host="127.0.0.1", port=8085, grace_period=10)   # `/mcp` (+ `routes`, or your `app`)
+    await serve_http(front, host="127.0.0.1", port=0, sock=listening, grace_period=10)   # a socket bound already
     await serve_stdio(front, grace_period=10)
 
 `mcp_http_app(front)` gives the SDK's streamable HTTP app and the lifespan that runs its session manager, for an
@@ -197,6 +198,19 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _adopt(sock: socket.socket) -> socket.socket:
+    """A listening TCP socket bound elsewhere (`llm-proxy serve --workers` children inherit one), with TCP_NODELAY
+    as `_listen` sets it; ServeError when it is not a listening stream socket."""
+    try:
+        listening = sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as exc:  # closed, or not a socket
+        raise ServeError(f"cannot serve on the socket given: {exc.strerror or exc}") from None
+    if not listening:
+        raise ServeError("cannot serve on the socket given: it is not a listening stream socket (bind and listen first)")
+    set_nodelay(sock)
+    return sock
+
+
 def set_nodelay(sock: socket.socket) -> None:
     """TCP_NODELAY on a listening socket, which accepted connections inherit (Linux). asyncio sets it only on sockets
     whose `proto` is IPPROTO_TCP, and `socket.create_server` leaves `proto` 0: without this, Nagle held every
@@ -211,6 +225,7 @@ async def serve_http(
     host: str,
     port: int,
     grace_period: float,
+    sock: socket.socket | None = None,
     app: ASGIApp | None = None,
     routes: Sequence[BaseRoute] = (),
     stop: anyio.Event | None = None,
@@ -221,9 +236,13 @@ async def serve_http(
     (or `stop`), then shut down gracefully. An `app` of your own must mount `mcp_http_app(front)` and run its
     lifespan.
 
+    `sock`: an already-bound listening socket to serve on instead of binding host:port (`port` is then unused;
+    `host` still names the bind address in the URL and the DNS-rebinding protection). Either way the socket
+    gets TCP_NODELAY for the connections it accepts, and is closed when serving ends.
+
     `on_ready(url)` is called once listening, with the MCP endpoint's URL (the real port when `port` is 0).
     """
-    sock = _listen(host, port)
+    sock = _listen(host, port) if sock is None else _adopt(sock)
     bound_port = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}{MCP_PATH}"
     if app is None:
