@@ -188,6 +188,25 @@ async def test_wrong_api_key_and_missing_max_tokens() -> None:
     assert json.loads(raw)["error"]["message"] == "max_tokens: Field required"
 
 
+async def test_a_refused_request_consumes_no_scripted_reply(anthropic_fake: AnthropicFake) -> None:
+    anthropic_fake.script(anthropic_text("scripted"))
+    status, _, _ = await post_raw(anthropic_fake, BODY, {"x-api-key": "test-key"})  # no anthropic-version
+    assert status == 400 and anthropic_fake.pending_replies == 1
+    status, _, raw = await post_raw(anthropic_fake, BODY)
+    assert status == 200 and json.loads(raw)["content"][0]["text"] == "scripted"
+
+
+async def test_unknown_routes_are_a_recorded_404_in_the_anthropic_shape(anthropic_fake: AnthropicFake) -> None:
+    async with aiohttp.ClientSession() as session, session.get(anthropic_fake.base_url + "/v1/models") as response:
+        raw = await response.read()
+    assert response.status == 404 and response.content_type == "application/json"
+    assert raw == (
+        b'{"type": "error", "error": {"type": "not_found_error", "message": "Not Found"}, '
+        b'"request_id": "' + response.headers["request-id"].encode() + b'"}'
+    )
+    assert [(r.method, r.path, r.outcome) for r in anthropic_fake.requests] == [("GET", "/v1/models", "completed")]
+
+
 @pytest.mark.parametrize(
     ("status", "error_type", "exception"),
     [

@@ -251,6 +251,25 @@ async def test_invalid_body_is_400(openai_fake: OpenAIFake) -> None:
     assert json.loads(raw)["error"]["code"] == "missing_required_parameter"
 
 
+async def test_a_refused_request_consumes_no_scripted_reply(openai_fake: OpenAIFake) -> None:
+    openai_fake.script(openai_text("scripted"))
+    status, _, _ = await post_raw(openai_fake, {"model": "m"})
+    assert status == 400 and openai_fake.pending_replies == 1
+    status, _, raw = await post_raw(openai_fake, {"model": "m", "messages": MESSAGES})
+    assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"] == "scripted"
+
+
+async def test_unknown_routes_are_a_recorded_404_in_the_openai_shape(openai_fake: OpenAIFake) -> None:
+    async with aiohttp.ClientSession() as session, session.delete(openai_fake.origin + "/v1/nope") as response:
+        raw = await response.read()
+    assert response.status == 404 and response.content_type == "application/json"
+    assert raw == (
+        b'{"error": {"message": "Invalid URL (DELETE /v1/nope)", "type": "invalid_request_error", "param": null, '
+        b'"code": "model_not_found"}}'
+    )
+    assert [(r.method, r.path, r.outcome) for r in openai_fake.requests] == [("DELETE", "/v1/nope", "completed")]
+
+
 async def test_retry_after_ms_makes_the_sdk_retry(openai_fake: OpenAIFake) -> None:
     openai_fake.script(openai_error(429, retry_after_ms=1), openai_error(503, retry_after_ms=1), openai_text("ok"))
     started = time.monotonic()

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tests.fakes import anthropic_wire
 from tests.fakes.replies import ErrorReply, ModelReply, ScriptedReply, ToolCall
-from tests.fakes.server import FakeServer, RecordedRequest, send_wire
+from tests.fakes.server import FakeServer, RecordedRequest
 
 DEFAULT_ANTHROPIC_TEXT = "Hello from the fake Anthropic."
 DEFAULT_ANTHROPIC_REPLY = ModelReply(text=("Hello", " from the fake", " Anthropic."))
@@ -38,25 +38,16 @@ class AnthropicFake(FakeServer):
         default_reply: ScriptedReply = DEFAULT_ANTHROPIC_REPLY,
         default_headers: Mapping[str, str | None] | None = None,
     ) -> None:
-        self.api_key = api_key
-        self.default_reply = default_reply
-        super().__init__(default_headers=default_headers)
+        super().__init__(api_key=api_key, default_reply=default_reply, default_headers=default_headers)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_post("/v1/messages", self._messages)
-        router.add_route("*", "/{tail:.*}", self._unknown_route)
+        router.add_post("/v1/messages", self.answer)
 
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
-        record = await self.record(request)
-        rejection = self._header_error(record) or self._validation_error(record)
-        if rejection is not None:
-            return await send_wire(request, record, self.to_wire(rejection, record.json))
-        reply = self.next_reply(record) or self.default_reply
-        return await send_wire(request, record, self.to_wire(reply, record.json))
+    def reject(self, record: RecordedRequest) -> ErrorReply | None:
+        return self._header_error(record) or self._validation_error(record)
 
-    async def _unknown_route(self, request: web.Request) -> web.StreamResponse:
-        record = await self.record(request)
-        return await send_wire(request, record, self.to_wire(ErrorReply(404, message="Not Found"), None))
+    def not_found(self, request: web.Request) -> ErrorReply:
+        return ErrorReply(404, message="Not Found")
 
     def _header_error(self, record: RecordedRequest) -> ErrorReply | None:
         authorization = record.header("authorization") or ""

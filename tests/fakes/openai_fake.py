@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tests.fakes import openai_wire
 from tests.fakes.replies import ErrorReply, ModelReply, Reply, ScriptedReply, ToolCall
-from tests.fakes.server import FakeServer, RecordedRequest, send_wire
+from tests.fakes.server import FakeServer, RecordedRequest
 
 DEFAULT_OPENAI_TEXT = "Hello from the fake OpenAI."
 DEFAULT_OPENAI_REPLY = ModelReply(text=("Hello", " from the fake", " OpenAI."))
@@ -39,40 +39,30 @@ class OpenAIFake(FakeServer):
         default_headers: Mapping[str, str | None] | None = None,
     ) -> None:
         self.persona = openai_wire.PERSONAS[persona]
-        self.api_key = api_key
         self.models = tuple(models)
-        self.default_reply = default_reply
-        super().__init__(default_headers=default_headers)
+        super().__init__(api_key=api_key, default_reply=default_reply, default_headers=default_headers)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_post("/v1/chat/completions", self._chat_completions)
+        router.add_post("/v1/chat/completions", self.answer)
         router.add_get("/v1/models", self._models)
-        router.add_route("*", "/{tail:.*}", self._unknown_route)
 
     # --- handlers --------------------------------------------------------------------------------------------
-    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
-        record = await self.record(request)
-        rejection = self._authentication_error(record) or self._validation_error(record)
-        if rejection is not None:
-            return await send_wire(request, record, self.to_wire(rejection, record.json))
-        reply = self.next_reply(record) or self.default_reply
-        return await send_wire(request, record, self.to_wire(reply, record.json))
+    def reject(self, record: RecordedRequest) -> ErrorReply | None:
+        return self._authentication_error(record) or self._validation_error(record)
+
+    def not_found(self, request: web.Request) -> ErrorReply:
+        return ErrorReply(404, type="invalid_request_error", message=f"Invalid URL ({request.method} {request.path})")
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         record = await self.record(request)
         rejection = self._authentication_error(record)
         if rejection is not None:
-            return await send_wire(request, record, self.to_wire(rejection, None))
+            return await self.respond(request, record, rejection)
         created = int(time.time())
         data = [
             {"id": m, "object": "model", "created": created, "owned_by": self.persona.owned_by} for m in self.models
         ]
-        return await send_wire(request, record, self.to_wire(Reply(json={"object": "list", "data": data}), None))
-
-    async def _unknown_route(self, request: web.Request) -> web.StreamResponse:
-        record = await self.record(request)
-        error = ErrorReply(404, type="invalid_request_error", message=f"Invalid URL ({request.method} {request.path})")
-        return await send_wire(request, record, self.to_wire(error, None))
+        return await self.respond(request, record, Reply(json={"object": "list", "data": data}))
 
     def _authentication_error(self, record: RecordedRequest) -> ErrorReply | None:
         authorization = record.header("authorization")

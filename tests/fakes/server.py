@@ -1,8 +1,10 @@
 """Generic machinery of the fake upstreams: an aiohttp server on 127.0.0.1, request recording, the script queue,
 byte-exact response writing (delays, SSE frames, connection cuts), and a thread runner.
 
-Provider fakes subclass `FakeServer`: they add routes and turn scripted replies into a `Wire` (status, headers and
-either a body or a list of SSE frames); `send_wire` puts it on the socket.
+Provider fakes subclass `FakeServer`: they add their routes (`answer` serves a scripted model endpoint: the
+request is recorded, refused by `reject` or answered with the next scripted reply), say what an unknown route
+answers (`not_found`), and turn replies into a `Wire` (status, headers and either a body or a list of SSE frames);
+`send_wire` puts it on the socket.
 """
 
 from __future__ import annotations
@@ -172,12 +174,21 @@ class FakeServer:
     """Base fake: serves `self.app` on 127.0.0.1:<ephemeral>, records requests, hands out scripted replies.
 
     Use as `async with Fake() as fake:` (or `await fake.start()` / `await fake.stop()`). `script()` and `requests`
-    are safe to use from another thread while the server runs in `FakeServerThread`.
+    are safe to use from another thread while the server runs in `FakeServerThread`. `api_key` (None: any key) is
+    for the subclass's `reject`; `default_reply` answers when the script is empty.
     """
 
     api_prefix = "/v1"
 
-    def __init__(self, *, default_headers: Mapping[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        default_reply: ScriptedReply,
+        api_key: str | None = None,
+        default_headers: Mapping[str, str | None] | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.default_reply = default_reply
         self.requests: list[RecordedRequest] = []
         self.default_headers: dict[str, str | None] = dict(default_headers or {})  # on top of standard headers
         self._script: deque[ScriptItem] = deque()
@@ -185,11 +196,39 @@ class FakeServer:
         self._port: int | None = None
         self.app = web.Application()
         self.add_routes(self.app.router)
+        self.app.router.add_route("*", "/{tail:.*}", self._unknown_route)  # after the provider's routes
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         raise NotImplementedError
 
+    # --- handlers ------------------------------------------------------------------------------------------
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        """A scripted model endpoint: the request refused by `reject`, else the next scripted reply (the default
+        reply when the script is empty; a refused request consumes none)."""
+        record = await self.record(request)
+        rejection = self.reject(record)
+        reply = rejection if rejection is not None else (self.next_reply(record) or self.default_reply)
+        return await self.respond(request, record, reply, record.json)
+
+    async def respond(
+        self, request: web.Request, record: RecordedRequest, reply: ScriptedReply, request_json: Any = None
+    ) -> web.StreamResponse:
+        """Send `reply` (rendered for a request whose parsed body is `request_json`) as the answer to `record`."""
+        return await send_wire(request, record, self.to_wire(reply, request_json))
+
+    async def _unknown_route(self, request: web.Request) -> web.StreamResponse:
+        record = await self.record(request)
+        return await self.respond(request, record, self.not_found(request))
+
     # --- provider hooks ------------------------------------------------------------------------------------
+    def reject(self, record: RecordedRequest) -> ErrorReply | None:
+        """The error a model request gets before any scripted reply (a missing key, a bad body), or None."""
+        return None
+
+    def not_found(self, request: web.Request) -> ErrorReply:
+        """What a request to a route the fake does not serve gets (a 404 in the provider's shape)."""
+        raise NotImplementedError
+
     def standard_headers(self) -> dict[str, str | None]:
         """Headers on every response (request id, rate limits), computed per response."""
         return {}
