@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +47,9 @@ from proxy.types import (
     ToolDef,
     Usage,
 )
+from tests.codec_helpers import FIXTURES_DIR, check_golden, fixture_bytes, one_byte_at_a_time
 
-FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
+FIXTURES = FIXTURES_DIR / "anthropic"
 API_KEY = "test-anthropic-key-not-real-0123456789"
 MODEL = "claude-sonnet-4-5-20250929"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -212,18 +212,11 @@ REQUEST_CASES: dict[str, tuple[ChatRequest, bool]] = {
 }
 
 
-def golden_request(case: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{case}.request.json").read_text("utf-8"))
-
-
 @pytest.mark.parametrize("case", sorted(REQUEST_CASES))
 def test_encode_matches_golden_body(case: str) -> None:
     request, stream = REQUEST_CASES[case]
     body = json.loads(codec().encode(request, MODEL, stream=stream).body)
-    path = FIXTURES / f"{case}.request.json"
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    assert body == golden_request(case)
+    check_golden(FIXTURES / f"{case}.request.json", body)
 
 
 # The 1.x SDK dropped the sampling parameters from its types, but the API still accepts them (MIGRATION.md:
@@ -483,7 +476,7 @@ def test_tool_results_come_first_in_a_user_turn() -> None:
 
 
 def response_fixture(case: str) -> bytes:
-    return (FIXTURES / f"{case}.response.json").read_bytes()
+    return fixture_bytes("anthropic", f"{case}.response.json")
 
 
 def test_decode_text_joins_blocks_and_sums_cached_usage() -> None:
@@ -712,7 +705,7 @@ def test_errors_never_contain_the_api_key() -> None:
 
 
 def sse(case: str) -> bytes:
-    return (FIXTURES / f"{case}.sse").read_bytes()
+    return fixture_bytes("anthropic", f"{case}.sse")
 
 
 def feed_whole(data: bytes) -> list[StreamChunk]:
@@ -726,8 +719,8 @@ def feed_whole(data: bytes) -> list[StreamChunk]:
 def feed_bytewise(data: bytes) -> list[StreamChunk]:
     decoder = codec().stream_decoder()
     chunks: list[StreamChunk] = []
-    for i in range(len(data)):
-        chunks += decoder.feed(data[i : i + 1])
+    for piece in one_byte_at_a_time(data):
+        chunks += decoder.feed(piece)
     chunks += decoder.close()
     return chunks
 

@@ -20,8 +20,8 @@ from proxy.errors import (
 )
 from proxy.providers.openai_compatible import OpenAICompatibleCodec
 from proxy.types import ChatRequest
-from tests.test_codec_openai import FIXTURES as OPENAI_FIXTURES
-from tests.test_codec_openai import (
+from tests.codec_helpers import (
+    FIXTURES_DIR,
     case_names,
     check_golden,
     decode_outcome,
@@ -33,7 +33,7 @@ from tests.test_codec_openai import (
     run_stream,
 )
 
-FIXTURES = OPENAI_FIXTURES.parent / "openai_compatible"
+FIXTURES = FIXTURES_DIR / "openai_compatible"
 BASE_URL = "http://localhost:11434/v1/"
 LOCAL_TOKEN = "local-secret-token-42"
 
