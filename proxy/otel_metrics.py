@@ -6,7 +6,8 @@ Read at export time, like `/metrics` (proxy/fronts/prometheus.py), so the hot pa
   conventions' histograms with their buckets and attributes (`gen_ai.operation.name`, `gen_ai.provider.name`,
   `gen_ai.request.model`, `gen_ai.response.model`, `error.type`, `gen_ai.token.type`) plus `proxy.provider`;
 - `llm_proxy.overhead` and `llm_proxy.request.duration` (s) histograms;
-- the counters, named as at `/metrics` without the Prometheus suffixes: `llm_proxy.requests{model,result}`,
+- the counters, named as at `/metrics` without the Prometheus suffixes: `llm_proxy.requests{model,result}`
+  (`result`: success, failure, cancelled),
   `llm_proxy.upstream.requests{provider}`, `llm_proxy.upstream.errors{provider,kind}`,
   `llm_proxy.tokens{provider,direction}`, `llm_proxy.cost{provider}`, `llm_proxy.ratelimit.waits{provider}`,
   `llm_proxy.cache.lookups{result}`, `llm_proxy.fallbacks`, `llm_proxy.retries`, `llm_proxy.streams.truncated`,
@@ -125,6 +126,7 @@ def metrics_data(metrics: Metrics, resource: Resource, start_ns: int) -> Metrics
         requests += [
             ({"model": model, "result": "success"}, successes),
             ({"model": model, "result": "failure"}, failures),
+            ({"model": model, "result": "cancelled"}, metrics.cancelled_models.get(model, 0)),
         ]
     attempts, errors, token_counts, costs, waits = [], [], [], [], []
     for name, stats in metrics.providers.items():

@@ -54,6 +54,7 @@ async def test_metrics_endpoint_get_metrics_and_otlp_agree():
         await engine.complete(ChatRequest.from_prompt("two"))  # flaky has recovered
         with pytest.raises(ProxyError):
             await engine.complete(ChatRequest.from_prompt("x", model="nope"))
+        engine.metrics.record_request("default", success=False, cancelled=True)  # a client that went away
         async with aiohttp.ClientSession(base_url) as session, session.get("/metrics") as response:
             got = samples(await response.text())
         snapshot = engine.metrics_snapshot()
@@ -75,8 +76,8 @@ async def test_metrics_endpoint_get_metrics_and_otlp_agree():
     failed_tokens = genai("flaky", "mock", "mock-f", "", gen_ai_token_type="input")
     assert ("gen_ai_client_token_usage_count", failed_tokens) not in got  # no usage, no sample
     # the overhead: one sample per client request, like the request counters and get_metrics
-    assert got[("llm_proxy_overhead_seconds_count", ())] == snapshot["total_requests"] == 4
-    assert snapshot["overhead_ms"]["count"] == 4
+    assert got[("llm_proxy_overhead_seconds_count", ())] == snapshot["total_requests"] == 5
+    assert snapshot["overhead_ms"]["count"] == 5
     assert got[("llm_proxy_overhead_seconds_sum", ())] <= got[("llm_proxy_request_duration_seconds_sum", ())]
     # attempts per provider = calls in the duration histograms, in all three views
     assert snapshot["provider_usage"] == {"flaky": 3, "good": 1}
@@ -99,12 +100,14 @@ async def test_metrics_endpoint_get_metrics_and_otlp_agree():
     token_points = metrics["gen_ai.client.token.usage"].histogram.data_points
     assert list(token_points[0].explicit_bounds) == list(TOKEN_BUCKETS)
     assert sum(p.count for p in token_points) == 4  # 2 answers x (input, output)
-    assert metrics["llm_proxy.overhead"].histogram.data_points[0].count == 4
+    assert metrics["llm_proxy.overhead"].histogram.data_points[0].count == 5
     requests = {
         tuple(sorted((a.key, a.value.string_value) for a in p.attributes)): p.as_int or p.as_double
         for p in metrics["llm_proxy.requests"].sum.data_points
     }
     assert requests[(("model", "default"), ("result", "success"))] == 3
+    cancelled = (("model", "default"), ("result", "cancelled"))
+    assert requests[cancelled] == got[("llm_proxy_requests_total", cancelled)] == snapshot["cancelled_requests"] == 1
     assert metrics["llm_proxy.requests"].sum.is_monotonic
     assert metrics["llm_proxy.retries"].sum.data_points[0].as_int == snapshot["retries"] == 1
 
