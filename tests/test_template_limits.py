@@ -136,6 +136,19 @@ def test_nested_loops_and_runaway_macros_stop_at_the_step_budget():
     assert "the template ran more than 1,000,000 loop iterations and calls" in _error(fan_out)
 
 
+@pytest.mark.parametrize(
+    "work",
+    ["{% set x = s ~ 'y' %}", "{% set x = s + 'y' %}", "{% set x = s[1:] %}", "{% if 'zz' in s %}{% endif %}",
+     "{% set x = s|upper %}", "{% set x = s.upper() %}", "{% set x = s * 1 %}", "{% set x = [s]|join %}"],
+)  # fmt: skip
+def test_work_on_a_big_value_costs_steps_in_proportion_to_its_size(work):
+    # a million characters, copied or searched 100,000 times, would take minutes; each copy costs 976 steps
+    loop = BIG + "{% for i in range(100000) %}" + work + "{% endfor %}x"
+    assert _error(loop).endswith(f"the template ran more than {MAX_RENDER_STEPS:,} loop iterations and calls")
+    small = "{% set s = 'x' * 1000 %}{% for i in range(1000) %}" + work + "{% endfor %}x"
+    assert _templates(small).render("t", {}).messages[0].content == "x"
+
+
 def test_the_step_budget_is_per_render_and_shared_by_the_system_text_and_the_body():
     loops = "{% for i in range(600) %}{% for j in range(1000) %}{% endfor %}{% endfor %}x"  # 600,000+ steps
     config = load_config(ROOT / "examples" / "offline.yaml", env={})

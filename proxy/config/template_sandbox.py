@@ -12,13 +12,13 @@ template can build something big in one step:
 - the text of macros, `{% set %}` and `{% filter %}` blocks, and values printed with `{{ }}`;
 - the work of one render: inside `render_budget()`, loop iterations and calls (methods, globals; a macro call
   counts `MACRO_CALL_STEPS`) together are limited to `MAX_RENDER_STEPS`, so nested loops or a macro that calls
-  itself twice cannot run for minutes without output.
+  itself twice cannot run for minutes without output. Work in proportion to a value's size (building or copying
+  text or a list, a filter or method on it, slicing it, `in`) costs a step per `STEP_SIZE` characters or items.
 
 Text is limited to `MAX_TEXT_CHARS` characters (the output cap, so no limit bites a prompt that could be sent),
 lists to `MAX_ITEMS` items, whole numbers to `MAX_NUMBER_DIGITS` digits (Python's own limit for printing one).
 Going past a limit raises `TemplateLimitError` naming the operation. Jinja's sandbox already caps `range()` at
-100,000 items. Each step can still do work in proportion to the values it touches (a filter over a list of a
-million items), which the size limits keep to milliseconds.
+100,000 items.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ MAX_NUMBER_DIGITS = 4300  # Python refuses to print a longer whole number (sys.g
 MAX_LIPSUM_WORDS = 100_000
 MAX_RENDER_STEPS = 1_000_000  # loop iterations and calls in one render: about a second of CPU
 MACRO_CALL_STEPS = 10  # a macro call costs about ten loop iterations
+STEP_SIZE = 1024  # characters or items of work in proportion to a value's size that cost one step
 _MAX_NUMBER_BITS = math.ceil(MAX_NUMBER_DIGITS / math.log10(2))
 _PRINTF_SPEC = re.compile(
     r"%(?:\((?P<key>[^)]*)\))?[#0\- +]*(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d+))?[hlL]?(?P<type>.)?"
@@ -81,6 +82,17 @@ def render_budget(steps: int = MAX_RENDER_STEPS) -> Iterator[None]:
         _STEPS.reset(token)
 
 
+def _charge(size: int) -> None:
+    """Take the steps of work in proportion to `size` characters or items."""
+    if size >= STEP_SIZE and (steps := _STEPS.get()) is not None:
+        steps.take(size // STEP_SIZE)
+
+
+def _charge_for(value: Any) -> None:
+    if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
+        _charge(len(value))
+
+
 def counted(iterable: Iterable[Any]) -> Iterator[Any]:
     """What a `{% for %}` loop iterates: `iterable`, taking one step of the render budget per item."""
     steps = _STEPS.get()
@@ -101,9 +113,21 @@ def _too_many(what: str) -> TemplateLimitError:
     return TemplateLimitError(f"the result of {what} would have more than {MAX_ITEMS:,} items")
 
 
-def _check_text(size: int, what: str) -> None:
+def _over(size: int, what: str) -> None:
     if size > MAX_TEXT_CHARS:
         raise _too_long(what)
+
+
+def _check_text(size: int, what: str) -> None:
+    """Refuse text of `size` characters past the limit; else take the steps for building it."""
+    _over(size, what)
+    _charge(size)
+
+
+def _check_items(size: int, what: str) -> None:
+    if size > MAX_ITEMS:
+        raise _too_many(what)
+    _charge(size)
 
 
 def printed_size(value: Any, limit: int = MAX_TEXT_CHARS, *, indent: int = 0) -> int:
@@ -155,8 +179,8 @@ def _check_multiply(left: Any, right: Any) -> None:
             continue
         if isinstance(seq, str | bytes):
             _check_text(len(seq) * times, "`*`")
-        elif isinstance(seq, list | tuple) and len(seq) * times > MAX_ITEMS:
-            raise _too_many("`*`")
+        elif isinstance(seq, list | tuple):
+            _check_items(len(seq) * times, "`*`")
     both_numbers = isinstance(left, int) and isinstance(right, int)
     if both_numbers and abs(left).bit_length() + abs(right).bit_length() > _MAX_NUMBER_BITS + 1:
         raise _too_big_number("`*`")
@@ -176,8 +200,8 @@ def _check_power(base: Any, exponent: Any) -> None:
 def _check_add(left: Any, right: Any) -> None:
     if isinstance(left, str | bytes) and isinstance(right, str | bytes):
         _check_text(len(left) + len(right), "`+`")
-    elif isinstance(left, list | tuple) and isinstance(right, list | tuple) and len(left) + len(right) > MAX_ITEMS:
-        raise _too_many("`+`")
+    elif isinstance(left, list | tuple) and isinstance(right, list | tuple):
+        _check_items(len(left) + len(right), "`+`")
 
 
 def _check_printf(template: Any, values: Any, what: str) -> None:
@@ -207,7 +231,8 @@ def _check_printf(template: Any, values: Any, what: str) -> None:
             value = positional[index] if index < len(positional) else None
             index += 1
         size += printed_size(value)
-        _check_text(size, what)
+        _over(size, what)
+    _charge(size)
 
 
 class _Formatter(SandboxedFormatter):
@@ -220,10 +245,10 @@ class _Formatter(SandboxedFormatter):
     def format_field(self, value: Any, format_spec: str) -> Any:
         if any(int(number) > MAX_TEXT_CHARS for number in _DIGITS.findall(format_spec)):
             raise _too_long("`format`")
-        _check_text(self.size + printed_size(value), "`format`")
+        _over(self.size + printed_size(value), "`format`")
         text = super().format_field(value, format_spec)
         self.size += len(text)
-        _check_text(self.size, "`format`")
+        _over(self.size, "`format`")
         return text
 
 
@@ -369,14 +394,13 @@ def _sum(environment: Any, iterable: Iterable[Any], attribute: str | int | None 
 
 
 def _slice(value: Any, slices: int, fill_with: Any = None) -> Any:
-    if (_count(slices) or 0) > MAX_ITEMS:
-        raise _too_many("the `slice` filter")
+    _check_items(_count(slices) or 0, "the `slice` filter")
     return filters.sync_do_slice(value, slices, fill_with)
 
 
 def _batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
-    if fill_with is not None and (_count(linecount) or 0) > MAX_ITEMS:
-        raise _too_many("the `batch` filter")
+    if fill_with is not None:
+        _check_items(_count(linecount) or 0, "the `batch` filter")
     return filters.do_batch(value, linecount, fill_with)
 
 
@@ -415,8 +439,9 @@ def _bounded_tilde(parts: Iterable[Any]) -> str:
     for part in parts:
         text = _text(part, "`~`")
         size += len(text)
-        _check_text(size, "`~`")
+        _over(size, "`~`")
         collected.append(text)
+    _charge(size)
     return "".join(collected)
 
 
@@ -427,8 +452,58 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+def _metered(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that first takes the steps for the size of the value it works on."""
+    position = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0
+
+    def metered(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > position:
+            _charge_for(args[position])
+        return function(*args, **kwargs)
+
+    return update_wrapper(metered, function)  # keeps Jinja's pass_context/pass_environment mark
+
+
+def _sliced(value: Any, part: slice) -> Any:
+    """`value[start:stop:step]`, taking the steps for the size of `value` (a slice copies)."""
+    _charge_for(value)
+    return value[part]
+
+
+def _contains(item: Any, container: Any) -> bool:
+    """The `in` test, taking the steps for the size of the container."""
+    _charge_for(container)
+    return item in container
+
+
 class _CodeGenerator(CodeGenerator):
-    """Jinja's code generator, with `~` going through the environment's bounded join."""
+    """Jinja's code generator, with `~` going through the environment's bounded join, and `in` and slices
+    through the render budget."""
+
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.sliced(")
+        self.visit(node.node, frame)
+        self.write(", slice(")
+        for part in (node.arg.start, node.arg.stop, node.arg.step):
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+            self.write(", ")
+        self.write("))")
+
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        if len(node.ops) != 1 or node.ops[0].op not in ("in", "notin"):
+            super().visit_Compare(node, frame)
+            return
+        self.write("(not environment.contains(" if node.ops[0].op == "notin" else "(environment.contains(")
+        self.visit(node.expr, frame)
+        self.write(", ")
+        self.visit(node.ops[0].expr, frame)
+        self.write("))")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.tilde((")
@@ -445,10 +520,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     concat = staticmethod(_bounded_join)  # type: ignore[assignment]
     tilde = staticmethod(_bounded_tilde)
+    contains = staticmethod(_contains)
+    sliced = staticmethod(_sliced)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=_finalize, **options)
         self.filters.update(_FILTERS)
+        self.filters.update({name: _metered(function) for name, function in self.filters.items()})
         self.globals["lipsum"] = _lipsum
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -474,8 +552,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         steps = _STEPS.get()
         if steps is not None:
             steps.take(MACRO_CALL_STEPS if isinstance(obj, Macro) else 1)
-        if isinstance(obj, BuiltinMethodType | MethodType) and isinstance(obj.__self__, str | bytes | int):
-            args = _checked_method(obj, args, kwargs)
+        if isinstance(obj, BuiltinMethodType | MethodType):
+            _charge_for(obj.__self__)
+            if isinstance(obj.__self__, str | bytes | int):
+                args = _checked_method(obj, args, kwargs)
         return super().call(context, obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -492,17 +572,21 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
                 kwargs, args = args[0], ()
-            _check_text(len(owner), "`format`")
-            return type(owner)(_Formatter(self).vformat(owner, args, kwargs))
+            formatter = _Formatter(self)
+            text = type(owner)(formatter.vformat(owner, args, kwargs))
+            _charge(len(owner) + formatter.size)
+            return text
 
         return update_wrapper(wrapper, value)
 
 
 __all__ = [
+    "MACRO_CALL_STEPS",
     "MAX_ITEMS",
     "MAX_NUMBER_DIGITS",
     "MAX_RENDER_STEPS",
     "MAX_TEXT_CHARS",
+    "STEP_SIZE",
     "BoundedSandbox",
     "TemplateLimitError",
     "counted",
