@@ -206,7 +206,9 @@ def _adopt(sock: socket.socket) -> socket.socket:
     except OSError as exc:  # closed, or not a socket
         raise ServeError(f"cannot serve on the socket given: {exc.strerror or exc}") from None
     if not listening:
-        raise ServeError("cannot serve on the socket given: it is not a listening stream socket (bind and listen first)")
+        raise ServeError(
+            "cannot serve on the socket given: it is not a listening stream socket (bind and listen first)"
+        )
     set_nodelay(sock)
     return sock
 
