@@ -19,6 +19,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
+from proxy import otel_fast
 from proxy.otel_fast import FastOTLPSpanExporter, FastSpan, encode_spans, inject_current
 from proxy.telemetry import Tracing
 
@@ -188,4 +189,18 @@ def test_a_root_span_is_sampled_exactly_as_the_ratio_sampler_decides():
     finished = exporter.get_finished_spans()
     assert [dict(span.attributes) for span in finished] == [{"n": 0}, {"n": 2}]
     assert all(span.parent is None and not span.context.trace_state for span in finished)
+    provider.shutdown()
+
+
+def test_a_big_batch_is_encoded_in_chunks_that_make_one_request():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    for index in range(300):  # more than two chunks
+        tracing.start_span(f"span {index}", attributes={"i": index}).end()
+    spans = exporter.get_finished_spans()
+    message = ExportTraceServiceRequest.FromString(otel_fast._encode_yielding(spans))
+    decoded = [span for rs in message.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    assert len(message.resource_spans) == 3
+    assert [span.name for span in decoded] == [span.name for span in spans]
+    assert ExportTraceServiceRequest.FromString(otel_fast._encode_yielding(spans[:5])) == stock_encode(spans[:5])
     provider.shutdown()
