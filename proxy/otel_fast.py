@@ -410,44 +410,45 @@ def _trace_state(state: Any) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
 
 
-def _finished(span: FastSpan) -> bytes:
-    """`_span` for the proxy's own spans, from their fields (no links, nothing dropped)."""
-    context = span._context
+def _head(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind) -> list[bytes]:
+    """A `Span` message's first fields: ids, trace state, parent, name, kind."""
     parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
     if context.trace_state:
         parts.append(_text(b"\x1a", _trace_state(context.trace_state)))
-    parent = span._parent
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_name(b"\x2a", span._name))
-    parts.append(_KIND[span._kind])
+    parts.append(_name(b"\x2a", name))
+    parts.append(_KIND[kind])
+    return parts
+
+
+def _status(status: Status) -> bytes:
+    code = status.status_code.value
+    if not code and not status.description:
+        return _STATUS_UNSET
+    body = _text(b"\x12", status.description) if status.description else b""
+    if code:
+        body += b"\x18" + _varint(code)
+    return _field(b"\x7a", body)
+
+
+def _finished(span: FastSpan) -> bytes:
+    """`_span` for the proxy's own spans, from their fields (no links, nothing dropped)."""
+    parent = span._parent
+    parts = _head(span._context, parent, span._name, span._kind)
     parts.append(b"\x39" + _fixed64(span._start_time) + b"\x41" + _fixed64(span._end_time))
     parts.append(_attributes(b"\x4a", span._attributes))
     for event in span._events:
         body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
         parts.append(_field(b"\x5a", body))
-    status = span._status
-    if status.status_code is StatusCode.UNSET and not status.description:
-        parts.append(_STATUS_UNSET)
-    else:
-        body = _text(b"\x12", status.description) if status.description else b""
-        if status.status_code.value:
-            body += b"\x18" + _varint(status.status_code.value)
-        parts.append(_field(b"\x7a", body))
+    parts.append(_status(span._status))
     parts.append(_FLAGS[parent is not None and parent.is_remote])
     return b"".join(parts)
 
 
 def _span(span: ReadableSpan) -> bytes:
-    context = span.context
-    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
-    if context.trace_state:
-        parts.append(_text(b"\x1a", _trace_state(context.trace_state)))
     parent = span.parent
-    if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_name(b"\x2a", span.name))
-    parts.append(_KIND[span.kind])
+    parts = _head(span.context, parent, span.name, span.kind)
     if span.start_time:
         parts.append(b"\x39" + _fixed64(span.start_time))
     if span.end_time:
@@ -470,15 +471,7 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_field(b"\x6a", body + b"\x35" + _fixed32(_flags(link.context))))
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
-    status = span.status
-    code = status.status_code.value
-    if code or status.description:
-        body = _text(b"\x12", status.description) if status.description else b""
-        if code:
-            body += b"\x18" + _varint(code)
-        parts.append(_field(b"\x7a", body))
-    else:
-        parts.append(_STATUS_UNSET)
+    parts.append(_status(span.status))
     parts.append(_FLAGS[parent is not None and parent.is_remote])
     return b"".join(parts)
 
