@@ -204,3 +204,21 @@ def test_a_big_batch_is_encoded_in_chunks_that_make_one_request():
     assert [span.name for span in decoded] == [span.name for span in spans]
     assert ExportTraceServiceRequest.FromString(otel_fast._encode_yielding(spans[:5])) == stock_encode(spans[:5])
     provider.shutdown()
+
+
+def test_the_queue_path_keeps_the_batch_processors_own_rules_for_a_full_queue_and_after_shutdown(caplog):
+    provider = TracerProvider(shutdown_on_exit=False)
+    exported = InMemorySpanExporter()
+    processor = BatchSpanProcessor(exported, max_queue_size=2, max_export_batch_size=2, schedule_delay_millis=60_000)
+    provider.add_span_processor(processor)
+    tracing = Tracing(provider)
+    batch = processor._batch_processor
+    wake = batch._worker_awaken.set
+    batch._worker_awaken.set = lambda: None  # keep the worker asleep, so the queue fills
+    for name in ("one", "two", "three"):
+        tracing.start_span(name).end()
+    assert len(batch._queue) == 2 and "Queue full" in caplog.text  # the processor's warning: a span was dropped
+    batch._worker_awaken.set = wake
+    provider.shutdown()
+    tracing.start_span("late").end()  # after shutdown: dropped, as the processor does, no error
+    assert "late" not in [span.name for span in exported.get_finished_spans()]
