@@ -37,6 +37,7 @@ ROOT = BENCH.parent
 # HTTP client (requests, urllib3, http.client; aiohttp's own `client.py` is excluded by the leading "(").
 TELEMETRY_FRAMES = (
     "proxy/otel_fast.py",
+    "proxy/otlp_encode.py",
     "proxy/spans.py",
     "_server_span (",
     "(trace/",

@@ -1,9 +1,8 @@
-"""A lean path for the proxy's per-request spans and for OTLP span export.
+"""A lean path for the proxy's per-request spans.
 
 Why: the OTel SDK's `Tracer.start_span` checks every attribute and builds a general-purpose span (20-30 us each on the
-reference machine) and the stock OTLP exporter builds one protobuf object per attribute (about 45 us per span).
-At four spans per proxied request that more than doubled the CPU a request costs. The proxy's own spans hold only
-values it builds itself (str, int, float, bool, tuples of str), so they can skip both:
+reference machine); at four spans per proxied request that more than doubled the CPU a request costs. The proxy's
+own spans hold only values it builds itself (str, int, float, bool, tuples of str), so they can skip it:
 
 - `Recorder.start()` makes a `FastSpan`, a plain API span over a dict that is also an SDK `ReadableSpan`; `end()`
   hands it to the provider's span processors, so batch, simple and in-memory exporters all work unchanged. The
@@ -11,20 +10,17 @@ values it builds itself (str, int, float, bool, tuples of str), so they can skip
   SDK's span); a child of a `FastSpan` is recorded like its parent. Ids come from the provider's id generator. Not
   applied to these spans: span limits and processors' `on_start` (the batch and simple processors do nothing there).
   A provider that is not the SDK's gets ordinary spans from its tracer.
-- `encode_spans()` writes finished spans (the proxy's and the SDK's alike) straight to an OTLP
-  `ExportTraceServiceRequest` in protobuf bytes, the same message the stock encoder builds (a test compares them);
-  `FastOTLPSpanExporter` sends those bytes with the stock OTLP/HTTP exporter's own client, so endpoint, headers, TLS,
-  compression, timeout and retries stay the exporter's (`OTEL_EXPORTER_OTLP_*`). When the installed exporter has no
-  such client (another version), it falls back to the stock `export()`.
+- `inject_current()` writes the current span's `traceparent` directly when the propagators are the default ones.
+
+Their OTLP encoding is proxy/otlp_encode.py.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
@@ -32,14 +28,14 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["FastOTLPSpanExporter", "FastSpan", "Recorder", "encode_spans", "inject_current"]
+__all__ = ["FastSpan", "Recorder", "inject_current"]
 
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -299,291 +295,3 @@ def inject_current(headers: dict[str, str]) -> None:
         headers["tracestate"] = state.to_header()
     if current.get(_BAGGAGE_KEY):
         textmap._propagators[1].inject(headers)
-
-
-# --- OTLP protobuf encoding --------------------------------------------------------------------------------------
-
-_double = struct.Struct("<d").pack
-_fixed64 = struct.Struct("<Q").pack
-_fixed32 = struct.Struct("<I").pack
-_KIND = {
-    kind: b"\x30" + bytes((number,))
-    for kind, number in (
-        (SpanKind.INTERNAL, 1),
-        (SpanKind.SERVER, 2),
-        (SpanKind.CLIENT, 3),
-        (SpanKind.PRODUCER, 4),
-        (SpanKind.CONSUMER, 5),
-    )
-}
-# Encoded attributes, by tag, then key, then (type, value) for numbers and bools (True == 1 == 1.0) or the value for
-# strings and tuples of strings: most repeat from one request to the next. A key's values stop being added once it
-# has MAX_VALUES_PER_KEY of them (request ids, response ids: unique, so not worth keeping).
-_encoded: dict[bytes, dict[str, dict[Any, bytes]]] = {}
-MAX_VALUES_PER_KEY = 64
-_names: dict[bytes, dict[str, bytes]] = {}  # span and event names by tag, encoded
-MAX_NAMES = 1024
-_SMALL = [bytes((n,)) for n in range(128)]
-_STATUS_UNSET = b"\x7a\x00"
-_FLAGS = (b"\x85\x01" + _fixed32(0x100), b"\x85\x01" + _fixed32(0x300))  # parent local / remote
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
-
-
-def _text(tag: bytes, text: str) -> bytes:
-    data = text.encode()
-    return tag + _varint(len(data)) + data
-
-
-def _value(value: Any) -> bytes:
-    """An `AnyValue`'s content, as the stock encoder writes it (same type tests, same order)."""
-    if value is None:
-        return b""
-    if isinstance(value, bool):
-        return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, str):
-        return _text(b"\x0a", value)
-    if isinstance(value, int):
-        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
-    if isinstance(value, float):
-        return b"\x21" + _double(value)
-    if isinstance(value, bytes):
-        return _field(b"\x3a", value)
-    if isinstance(value, Sequence):
-        return _field(b"\x2a", b"".join(_field(b"\x0a", _value(item)) for item in value))
-    if isinstance(value, Mapping):
-        return _field(b"\x32", b"".join(_field(b"\x0a", _key_value(str(k), v)) for k, v in value.items()))
-    raise TypeError(f"cannot encode a {type(value).__name__} attribute value")
-
-
-def _key_value(key: str, value: Any) -> bytes:
-    """A `KeyValue` message's content."""
-    return _text(b"\x0a", key) + _field(b"\x12", _value(value))
-
-
-def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-    """Repeated `KeyValue` fields under `tag`."""
-    if not attributes:
-        return b""
-    by_key = _encoded.get(tag)
-    if by_key is None:
-        by_key = _encoded[tag] = {}
-    out = []
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind is str:
-            lookup: Any = value
-        elif kind is int or kind is bool:
-            lookup = (kind, value)
-        elif kind is float:
-            lookup = (kind, value.hex())  # -0.0 == 0.0, but not in protobuf
-        elif kind is tuple and all(type(item) is str for item in value):
-            lookup = value
-        else:
-            lookup = None
-        values = by_key.get(key)
-        if lookup is not None and values is not None:
-            encoded = values.get(lookup)
-            if encoded is not None:
-                out.append(encoded)
-                continue
-        try:
-            body = _key_value(key, value)
-        except TypeError as exc:
-            log.warning("span attribute %s not exported: %s", key, exc)
-            continue
-        encoded = tag + _varint(len(body)) + body
-        if lookup is not None:
-            if values is None:
-                values = by_key[key] = {}
-            if len(values) < MAX_VALUES_PER_KEY:
-                values[lookup] = encoded
-        out.append(encoded)
-    return b"".join(out)
-
-
-def _name(tag: bytes, name: str) -> bytes:
-    names = _names.get(tag)
-    if names is None:
-        names = _names[tag] = {}
-    encoded = names.get(name)
-    if encoded is None:
-        encoded = _text(tag, name)
-        if len(names) < MAX_NAMES:
-            names[name] = encoded
-    return encoded
-
-
-def _flags(parent: SpanContext | None) -> int:
-    return 0x300 if parent is not None and parent.is_remote else 0x100
-
-
-def _trace_state(state: Any) -> str:
-    return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
-
-
-def _head(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind) -> list[bytes]:
-    """A `Span` message's first fields: ids, trace state, parent, name, kind."""
-    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
-    if context.trace_state:
-        parts.append(_text(b"\x1a", _trace_state(context.trace_state)))
-    if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_name(b"\x2a", name))
-    parts.append(_KIND[kind])
-    return parts
-
-
-def _status(status: Status) -> bytes:
-    code = status.status_code.value
-    if not code and not status.description:
-        return _STATUS_UNSET
-    body = _text(b"\x12", status.description) if status.description else b""
-    if code:
-        body += b"\x18" + _varint(code)
-    return _field(b"\x7a", body)
-
-
-def _finished(span: FastSpan) -> bytes:
-    """`_span` for the proxy's own spans, from their fields (no links, nothing dropped)."""
-    parent = span._parent
-    parts = _head(span._context, parent, span._name, span._kind)
-    parts.append(b"\x39" + _fixed64(span._start_time) + b"\x41" + _fixed64(span._end_time))
-    parts.append(_attributes(b"\x4a", span._attributes))
-    for event in span._events:
-        body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
-        parts.append(_field(b"\x5a", body))
-    parts.append(_status(span._status))
-    parts.append(_FLAGS[parent is not None and parent.is_remote])
-    return b"".join(parts)
-
-
-def _span(span: ReadableSpan) -> bytes:
-    parent = span.parent
-    parts = _head(span.context, parent, span.name, span.kind)
-    if span.start_time:
-        parts.append(b"\x39" + _fixed64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _fixed64(span.end_time))
-    parts.append(_attributes(b"\x4a", span.attributes))
-    if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
-    for event in span.events:
-        body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
-        parts.append(_field(b"\x5a", body))
-    if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))
-    for link in span.links:
-        body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big") + b"\x12\x08"
-        body += link.context.span_id.to_bytes(8, "big") + _attributes(b"\x22", link.attributes)
-        if link.dropped_attributes:
-            body += b"\x28" + _varint(link.dropped_attributes)
-        parts.append(_field(b"\x6a", body + b"\x35" + _fixed32(_flags(link.context))))
-    if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))
-    parts.append(_status(span.status))
-    parts.append(_FLAGS[parent is not None and parent.is_remote])
-    return b"".join(parts)
-
-
-def _scope(scope: InstrumentationScope | None) -> bytes:
-    if scope is None:
-        return b""
-    body = _text(b"\x0a", scope.name) if scope.name else b""
-    if scope.version:
-        body += _text(b"\x12", scope.version)
-    return body + _attributes(b"\x1a", scope.attributes)
-
-
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """An OTLP `ExportTraceServiceRequest` for `spans`, in protobuf bytes (grouped by resource, then scope)."""
-    # Grouped by the resource's identity: hashing a `Resource` serializes it, too slow to do once per span; a run of
-    # spans with the same scope object (the usual case) hashes it once.
-    grouped: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
-    last_resource: Any = None
-    last_scope: Any = None
-    encoded: list[bytes] = []
-    for span in spans:
-        resource, scope = span.resource, span.instrumentation_scope or None
-        if resource is not last_resource or scope is not last_scope:
-            entry = grouped.get(id(resource))
-            if entry is None:
-                entry = grouped[id(resource)] = (resource, {})
-            encoded = entry[1].setdefault(scope, [])
-            last_resource, last_scope = resource, scope
-        body = _finished(span) if type(span) is FastSpan else _span(span)
-        encoded.append(b"\x12" + _varint(len(body)) + body)
-    out = []
-    for resource, scopes in grouped.values():
-        body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
-        for scope, items in scopes.items():
-            scope_spans = _field(b"\x0a", _scope(scope)) + b"".join(items)
-            if scope is not None and scope.schema_url:
-                scope_spans += _text(b"\x1a", scope.schema_url)
-            body += _field(b"\x12", scope_spans)
-        if resource.schema_url:
-            body += _text(b"\x1a", resource.schema_url)
-        out.append(_field(b"\x0a", body))
-    return b"".join(out)
-
-
-ENCODE_CHUNK = 128  # spans encoded per hold of the GIL by the exporter's thread
-
-
-def _encode_yielding(spans: Sequence[ReadableSpan]) -> bytes:
-    """`encode_spans` in chunks, letting the event loop run between them: a batch of 2,048 spans would otherwise hold
-    the GIL for several switch intervals at a time (tail latency). Concatenated requests are one request whose
-    `resource_spans` are the chunks' (protobuf merges repeated fields)."""
-    if len(spans) <= ENCODE_CHUNK:
-        return encode_spans(spans)
-    parts = []
-    for start in range(0, len(spans), ENCODE_CHUNK):
-        parts.append(encode_spans(spans[start : start + ENCODE_CHUNK]))
-        time.sleep(0)  # releases the GIL
-    return b"".join(parts)
-
-
-class FastOTLPSpanExporter(SpanExporter):
-    """The stock OTLP/HTTP span exporter with `encode_spans` as its encoder (see the module docstring)."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self._inner = inner
-        client = getattr(inner, "_client", None)
-        post = getattr(client, "export", None)
-        self.fast = callable(post)
-        self._post = post
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if not self.fast:
-            return self._inner.export(spans)
-        try:
-            data = _encode_yielding(spans)
-        except Exception:
-            log.exception("could not encode %d spans; exporting them the stock way", len(spans))
-            return self._inner.export(spans)
-        result = self._post(data)  # type: ignore[misc]
-        if getattr(result, "success", False):
-            return SpanExportResult.SUCCESS
-        log.warning("span export failed: %s", getattr(result, "reason", None) or getattr(result, "status_code", None))
-        return SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)

@@ -12,7 +12,7 @@ On: spans go to one SDK `TracerProvider` (resource: `service.name`, `service.ver
 `resource_attributes`, then `OTEL_SERVICE_NAME`/`OTEL_RESOURCE_ATTRIBUTES` over them; sampler: parent-based ratio
 `traces.sample_ratio` unless `OTEL_TRACES_SAMPLER` says otherwise; a batch processor of up to 2,048 spans per
 export, `OTEL_BSP_*` over that). Exporters:
-- `otlp`: OTLP/HTTP protobuf (encoded by proxy/otel_fast.py) to `traces.endpoint` + `/v1/traces`;
+- `otlp`: OTLP/HTTP protobuf (encoded by proxy/otlp_encode.py) to `traces.endpoint` + `/v1/traces`;
   `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `..._HEADERS` and friends win; `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` needs
   the gRPC exporter installed;
 - `console`: stderr (stdout is the MCP protocol on stdio); `none`.
@@ -51,8 +51,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from proxy import __version__
 from proxy.config.model import TelemetryConfig
 from proxy.metrics import Metrics
-from proxy.otel_fast import FastOTLPSpanExporter, Recorder
+from proxy.otel_fast import Recorder
 from proxy.otel_metrics import metrics_data
+from proxy.otlp_encode import FastOTLPSpanExporter
 
 __all__ = ["Settings", "Telemetry", "Tracing", "active", "install", "settings_from", "setup", "span"]
 

@@ -60,7 +60,7 @@ def test_the_telemetry_share_counts_samples_with_tracing_frames(tmp_path):
     raw.write_text(
         "run (asyncio/events.py:80);RequestTrace.__init__ (proxy/spans.py:130);start (proxy/otel_fast.py:200) 3\n"
         "run (asyncio/events.py:80);ClientSession._request (aiohttp/client.py:558) 5\n"  # not the exporter's HTTP
-        "Thread._bootstrap (threading.py:995);export (proxy/otel_fast.py:500) 2\n"
+        "Thread._bootstrap (threading.py:995);export (proxy/otlp_encode.py:300) 2\n"
     )
     share, samples, top = telemetry_share.telemetry_share(raw)
     assert (share, samples) == (0.5, 10)

@@ -1,6 +1,6 @@
-"""The lean span path (proxy/otel_fast.py): `encode_spans` writes exactly the message the stock OTLP encoder builds,
-for the proxy's spans and the SDK's alike; `FastSpan`s follow the provider's sampler and their parents; the installed
-OTLP exporter offers the client the fast exporter sends with."""
+"""The lean span path (proxy/otel_fast.py) and its encoder (proxy/otlp_encode.py): `encode_spans` writes exactly
+the message the stock OTLP encoder builds, for the proxy's spans and the SDK's alike; `FastSpan`s follow the
+provider's sampler and their parents; the installed OTLP exporter offers the client the fast exporter sends with."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
-from proxy import otel_fast
-from proxy.otel_fast import FastOTLPSpanExporter, FastSpan, encode_spans, inject_current
+from proxy import otlp_encode
+from proxy.otel_fast import FastSpan, inject_current
+from proxy.otlp_encode import FastOTLPSpanExporter, encode_spans
 from proxy.telemetry import Tracing
 
 REMOTE = SpanContext(
@@ -198,11 +199,11 @@ def test_a_big_batch_is_encoded_in_chunks_that_make_one_request():
     for index in range(300):  # more than two chunks
         tracing.start_span(f"span {index}", attributes={"i": index}).end()
     spans = exporter.get_finished_spans()
-    message = ExportTraceServiceRequest.FromString(otel_fast._encode_yielding(spans))
+    message = ExportTraceServiceRequest.FromString(otlp_encode._encode_yielding(spans))
     decoded = [span for rs in message.resource_spans for ss in rs.scope_spans for span in ss.spans]
     assert len(message.resource_spans) == 3
     assert [span.name for span in decoded] == [span.name for span in spans]
-    assert ExportTraceServiceRequest.FromString(otel_fast._encode_yielding(spans[:5])) == stock_encode(spans[:5])
+    assert ExportTraceServiceRequest.FromString(otlp_encode._encode_yielding(spans[:5])) == stock_encode(spans[:5])
     provider.shutdown()
 
 
