@@ -265,9 +265,26 @@ async def test_unknown_routes_are_a_recorded_404_in_the_openai_shape(openai_fake
     assert response.status == 404 and response.content_type == "application/json"
     assert raw == (
         b'{"error": {"message": "Invalid URL (DELETE /v1/nope)", "type": "invalid_request_error", "param": null, '
-        b'"code": "model_not_found"}}'
+        b'"code": null}}'
     )
     assert [(r.method, r.path, r.outcome) for r in openai_fake.requests] == [("DELETE", "/v1/nope", "completed")]
+
+
+async def test_an_unknown_url_is_answered_as_the_real_api_does_and_only_it_lacks_a_code(
+    openai_fake: OpenAIFake,
+) -> None:
+    async with sdk(openai_fake) as client:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.post("/whatever", cast_to=object, body={})
+    assert caught.value.body == {
+        "message": "Invalid URL (POST /v1/whatever)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+    openai_fake.script(openai_error(404))  # a 404 from the model endpoint keeps its `model_not_found`
+    status, _, raw = await post_raw(openai_fake, {"model": "gpt-nope", "messages": MESSAGES})
+    assert status == 404 and json.loads(raw)["error"]["code"] == "model_not_found"
 
 
 async def test_retry_after_ms_makes_the_sdk_retry(openai_fake: OpenAIFake) -> None:

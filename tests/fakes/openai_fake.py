@@ -1,6 +1,7 @@
 """A fake OpenAI Chat Completions server (and OpenAI-compatible personas: ollama, vllm, llamacpp), plus builders.
 
-Routes: `POST /v1/chat/completions`, `GET /v1/models`; anything else is a 404 in the persona's error shape.
+Routes: `POST /v1/chat/completions`, `GET /v1/models`; anything else is a 404 in the persona's error shape (the
+`openai` persona answers as the real API does: `Invalid URL (METHOD /path)`, type `invalid_request_error`, no code).
 `base_url` is `http://127.0.0.1:PORT/v1`, as SDK clients expect. Every request is recorded in `.requests`.
 
 With an empty script the answer is `DEFAULT_OPENAI_TEXT` ("Hello from the fake OpenAI.", streamed in three pieces
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +26,12 @@ from tests.fakes.server import FakeServer, RecordedRequest
 
 DEFAULT_OPENAI_TEXT = "Hello from the fake OpenAI."
 DEFAULT_OPENAI_REPLY = ModelReply(text=("Hello", " from the fake", " OpenAI."))
+
+
+@dataclass(frozen=True)
+class InvalidUrl(ErrorReply):
+    """The 404 for a route the fake does not serve. The real OpenAI API answers an unknown URL with `code: null`,
+    not the `model_not_found` its 404 otherwise carries."""
 
 
 class OpenAIFake(FakeServer):
@@ -51,7 +59,7 @@ class OpenAIFake(FakeServer):
         return self._authentication_error(record) or self._validation_error(record)
 
     def not_found(self, request: web.Request) -> ErrorReply:
-        return ErrorReply(404, type="invalid_request_error", message=f"Invalid URL ({request.method} {request.path})")
+        return InvalidUrl(404, type="invalid_request_error", message=f"Invalid URL ({request.method} {request.path})")
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         record = await self.record(request)
@@ -118,7 +126,10 @@ class OpenAIFake(FakeServer):
         }
 
     def error_json(self, error: ErrorReply, headers: Mapping[str, str]) -> Any:
-        return openai_wire.error_body(self.persona, error)
+        body = openai_wire.error_body(self.persona, error)
+        if isinstance(error, InvalidUrl) and self.persona.name == "openai":
+            body["error"]["code"] = None
+        return body
 
     def message_json(self, reply: ModelReply, request_json: dict[str, Any]) -> Any:
         return openai_wire.completion_body(self.persona, reply, request_json)
