@@ -36,6 +36,7 @@ from proxy.cli_serve import ServeOptions, configure_logging, serve, serving_gc
 from proxy.config.load import load_config
 from proxy.config.model import Config
 from proxy.errors import ConfigError, ProxyError
+from proxy.fronts.serve import set_nodelay
 
 log = logging.getLogger("proxy.cli_workers")
 
@@ -77,7 +78,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
         raise WorkersError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections: no Nagle stall
+    set_nodelay(sock)  # inherited by accepted connections: no Nagle stall
     sock.set_inheritable(True)
     return sock
 

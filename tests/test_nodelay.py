@@ -26,9 +26,23 @@ models:
 """
 
 
-def test_listening_sockets_hand_nodelay_to_accepted_connections():
-    for listener in (_listen("127.0.0.1", 0), bind("127.0.0.1", 0)):
-        with listener, socket.create_connection(listener.getsockname()):
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback"))]
+)
+def test_listening_sockets_hand_nodelay_to_accepted_connections(host):
+    # `_listen`: `serve_http` binding host:port itself; `bind`: the `--workers` parent's socket that its children share
+    for listener in (_listen(host, 0), bind(host, 0)):
+        with listener, socket.create_connection(listener.getsockname()[:2]):
+            assert listener.family == (socket.AF_INET6 if ":" in host else socket.AF_INET)
             accepted, _ = listener.accept()
             with accepted:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
