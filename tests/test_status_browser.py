@@ -1,6 +1,7 @@
 """The status page in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium): it
 shows the providers, its charts update after traffic, a rejected reload's error appears after a bad edit, it fits a
-phone's width, and with auth on it shows nothing until it is given the token.
+phone's width, it shows failed and cancelled requests apart, and with auth on it shows nothing until it is given the
+token.
 
 Chromium is installed with apt-get by a session fixture when /usr/bin/chromium is missing; the tests are skipped
 (saying why) only if that fails. Selenium calls block, so they run in a thread while the server runs on the test's
@@ -26,7 +27,8 @@ from proxy.fronts import openai_api, status
 from proxy.fronts.http_app import build_app
 from proxy.reload import Reloader
 from proxy.runtime import Runtime
-from tests.http_server import serve_app
+from tests.http_server import engine_app, serve_app
+from tests.test_status_page import STALLED_CONFIG, chat, give_up_on_a_request
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -192,6 +194,19 @@ async def test_the_page_shows_providers_live_charts_and_a_rejected_reload(browse
     await until(browser, "document.querySelector('.chart').clientWidth < 400")
     assert await js(browser, "return document.documentElement.scrollWidth <= window.innerWidth;")
     await screenshot(browser, tmp_path / "status-phone.png", 390)
+
+
+async def test_the_page_shows_the_cancelled_requests(browser):
+    async with engine_app(STALLED_CONFIG, api_routes=[*openai_api.routes, *status.routes]) as (base_url, engine):
+        await chat(base_url, 2)
+        await give_up_on_a_request(base_url, engine)
+        await asyncio.to_thread(browser.get, f"{base_url}/status?interval=300")
+        header = await until(
+            browser,
+            "document.getElementById('config').innerText.includes('requests') && "
+            "document.getElementById('config').innerText",
+        )
+    assert "3 requests (0 failed, 1 cancelled)" in header
 
 
 async def test_with_auth_on_the_page_asks_for_the_token(browser, tmp_path, monkeypatch):

@@ -1,24 +1,30 @@
-"""`GET /status.json` and `GET /status`: what the status page reads (plans, providers, reloads), that it holds no
-secret, that it needs the bearer token when auth is on, and that the page is self-contained (no internet)."""
+"""`GET /status.json` and `GET /status`: what the status page reads (plans, providers, reloads, request totals with
+the cancelled ones), that it holds no secret, that it needs the bearer token when auth is on, and that the page is
+self-contained (no internet)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import re
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from proxy.config import load_config
 from proxy.engine import Engine
 from proxy.fronts import openai_api, status
 from proxy.fronts.http_app import build_app
+from proxy.providers.base import Provider
 from proxy.reload import Reloader
 from proxy.runtime import Runtime
-from tests.http_server import serve_app
+from proxy.types import ChatRequest, ChatResponse, StreamChunk
+from tests.http_server import engine_app, serve_app
 
 SECRET = "test-upstream-key-0123456789"
 TOKEN = "status-token-abcdef"
@@ -39,6 +45,58 @@ models:
     targets: [{{provider: paid, model: gpt-4o}}, {{provider: keyed, model: claude-haiku-4-5}}]
     fallback: default
 """
+
+# A model whose provider never answers, so a client can give up on it midway (a cancelled request).
+STALLED_CONFIG = """
+version: 1
+providers:
+  fast: {type: mock, mock: {reply: fast answer}}
+  stalled: {type: python, class: "tests.test_status_page:StalledProvider"}
+retry: {max_attempts: 1}
+models:
+  default: {targets: [{provider: fast, model: f1}]}
+  stalled: {targets: [{provider: stalled, model: s1}]}
+"""
+
+
+class StalledProvider(Provider):
+    """Never answers; `started` counts the calls it got (across tests: compare before and after)."""
+
+    started = 0
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        StalledProvider.started += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
+        raise AssertionError("not streamed here")
+        yield StreamChunk()
+
+
+async def eventually(condition: Callable[[], object]) -> None:
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - engine state, no event to wait on
+            await anyio.sleep(0.01)
+
+
+async def give_up_on_a_request(base_url: str, engine: Engine) -> None:
+    """Ask the `stalled` model over HTTP and close the connection while it waits: one cancelled request."""
+    started, cancelled = StalledProvider.started, engine.metrics.cancelled_requests
+
+    async def ask() -> None:
+        async with aiohttp.ClientSession() as session:
+            body = {"model": "stalled", "messages": [{"role": "user", "content": "hello?"}]}
+            await session.post(f"{base_url}/v1/chat/completions", json=body)
+
+    client = asyncio.create_task(ask())
+    await eventually(lambda: StalledProvider.started == started + 1)
+    client.cancel()  # the client gives up: its connection closes
+    await asyncio.gather(client, return_exceptions=True)
+    await eventually(lambda: engine.metrics.cancelled_requests == cancelled + 1)
 
 
 @pytest.fixture
@@ -103,6 +161,20 @@ async def test_counters_move_with_traffic(served):
     assert sum(providers["slow"]["latency_buckets"]) == 2 and providers["slow"]["tokens"] > 0
     assert providers["slow"]["headroom"]["requests_available"] == 598
     assert document["totals"]["total_requests"] == 8
+
+
+async def test_the_totals_count_cancelled_requests_apart_from_failures():
+    async with engine_app(STALLED_CONFIG, api_routes=[*openai_api.routes, *status.routes]) as (base_url, engine):
+        await chat(base_url, 2)
+        await give_up_on_a_request(base_url, engine)
+        totals = (await get_json(f"{base_url}/status.json"))["totals"]
+    assert {key: value for key, value in totals.items() if key.endswith("_requests")} == {
+        "total_requests": 3,
+        "success_requests": 2,
+        "failed_requests": 0,
+        "cancelled_requests": 1,
+        "cached_requests": 0,
+    }
 
 
 async def test_a_rejected_reload_shows_with_its_position(served):

@@ -4,7 +4,8 @@
 (with its `file:line:col` problems when rejected), every model's route plan (`proxy.explain.route_plans`: strategy,
 targets in order with weights and traffic shares, context windows, disabled targets and why, breaker states, the
 fallback chain), every provider (enabled or why not, breaker, rate-limit headroom, cumulative counters and latency
-histogram buckets) and the request totals. It holds no secret: no key, token or Redis URL is ever in it.
+histogram buckets) and the request totals (successful, failed, and cancelled: the client went away). It holds no
+secret: no key, token or Redis URL is ever in it.
 
 `/status` is the page: `static/status.html` with its CSS and JS and the vendored uPlot (MIT, `static/uPlot.LICENSE`)
 inlined, so it needs no other request and no internet; a Content-Security-Policy allows exactly those inline blocks
@@ -114,7 +115,14 @@ async def status_document(engine: Engine) -> dict[str, Any]:
         "reload": {"last": metrics.last_reload, "ok": metrics.reloads_ok, "rejected": metrics.reloads_rejected},
         "totals": {
             key: snapshot[key]
-            for key in ("total_requests", "success_requests", "failed_requests", "cached_requests", "latency_ms")
+            for key in (
+                "total_requests",
+                "success_requests",
+                "failed_requests",
+                "cancelled_requests",
+                "cached_requests",
+                "latency_ms",
+            )
         },
         "latency_bounds": list(LATENCY_BUCKETS),
         "providers": [_provider(entry, engine) for entry in providers],

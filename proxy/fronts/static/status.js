@@ -139,7 +139,8 @@
     var text = "config " + config.version + " · loaded " + new Date(config.loaded_at).toLocaleString();
     if (config.path) text += " · " + config.path;
     var totals = data.totals;
-    text += " · " + number(totals.total_requests, 0) + " requests (" + number(totals.failed_requests, 0) + " failed)";
+    text += " · " + number(totals.total_requests, 0) + " requests (" + number(totals.failed_requests, 0) + " failed, " +
+      number(totals.cancelled_requests, 0) + " cancelled)";
     $("config").textContent = text;
   }
 
