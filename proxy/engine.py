@@ -18,7 +18,9 @@ Rules kept here:
   counted as truncated, never cached and never a clean end;
 - a client that goes away (its task cancelled, or the stream closed before its end) makes the request `cancelled`:
   counted apart from successes and failures (`Metrics.record_request(cancelled=True)`), logged with status
-  `cancelled`, and the attempt in flight is abandoned, not recorded as an upstream error.
+  `cancelled`, and the attempt in flight is abandoned, not recorded as an upstream error. A stream replayed from
+  the cache is counted when its replay ends, so one its client leaves partway is cancelled too (its lookup still
+  counts as a cache hit, but it is not a cached request).
 
 Telemetry: every request ends with one info line (`proxy.logs.log_request`: model, provider, status, latency,
 tokens, cache) and one overhead sample (its time minus the time spent on upstreams, backoffs and rate limits; for a
@@ -231,15 +233,19 @@ class Engine:
         stream: bool,
         trace: RequestTrace | None = None,
         shared_wait: float | None = None,
+        count: bool = True,
     ) -> ChatResponse:
-        """A cache hit, or (`shared_wait`: the time spent waiting for it) an identical request's shared answer."""
+        """A cache hit, or (`shared_wait`: the time spent waiting for it) an identical request's shared answer,
+        counted as a successful request unless `count` is False (a replayed stream is counted when its replay ends:
+        `_count_replay`)."""
         usage = hit.usage
         self.metrics.record_cache(True, (usage.input_tokens + usage.output_tokens) if usage else 0)
         latency = runtime.clock() - started
-        overhead = latency if shared_wait is None else max(0.0, latency - shared_wait)
-        self.metrics.record_request(
-            route, success=True, cached=True, latency_s=latency, stream=stream, overhead_s=overhead
-        )
+        if count:
+            overhead = latency if shared_wait is None else max(0.0, latency - shared_wait)
+            self.metrics.record_request(
+                route, success=True, cached=True, latency_s=latency, stream=stream, overhead_s=overhead
+            )
         if trace is not None:
             trace.cache_hit(shared=shared_wait is not None)
         return dataclasses.replace(
@@ -251,6 +257,25 @@ class Engine:
             latency_ms=latency * 1000,
             config_version=runtime.config.version_hash,
         )
+
+    def _count_replay(self, response: ChatResponse, now: float, started: float, error: BaseException | None) -> None:
+        """A stream replayed from the cache (`response`, from `_hit`) ended: a cached success when the replay ran to
+        its end (latency and overhead up to the hit, as counted before it was streamed), else (`error`) a cancelled
+        request when its client went away partway, as a live stream's would be: not a cached one."""
+        at_hit = response.latency_ms / 1000
+        if error is None:
+            self.metrics.record_request(
+                response.route, success=True, cached=True, latency_s=at_hit, stream=True, overhead_s=at_hit
+            )
+        else:
+            self.metrics.record_request(
+                response.route,
+                success=False,
+                cancelled=_cancelled(error),
+                latency_s=now - started,
+                stream=True,
+                overhead_s=at_hit,
+            )
 
     def _finish(
         self, response: ChatResponse, admitted: Admitted, dispatch: Dispatch, cost: float, started: float
@@ -503,11 +528,17 @@ class EngineStream:
             if key is not None:
                 hit = await engine._cache_get(key)
                 if hit is not None:
-                    self.response = engine._hit(hit, self.route, started, runtime, stream=True, trace=trace)
+                    replayed = engine._hit(hit, self.route, started, runtime, stream=True, trace=trace, count=False)
+                    self.response = replayed
                     self.cached, self.provider, self.model = True, hit.provider, hit.model
-                    for chunk in replay_as_chunks(hit):
-                        yield chunk
-                    _succeeded(self.response, trace, stream=True)
+                    try:
+                        for chunk in replay_as_chunks(hit):
+                            yield chunk
+                    except BaseException as exc:  # the client went away partway (a closed stream, cancellation)
+                        engine._count_replay(replayed, runtime.clock(), started, exc)
+                        raise
+                    engine._count_replay(replayed, runtime.clock(), started, None)
+                    _succeeded(replayed, trace, stream=True)
                     return
                 metrics.record_cache(False)
             dispatch = Dispatch(runtime, metrics, chain, request, trace)

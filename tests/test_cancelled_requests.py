@@ -1,7 +1,8 @@
 """A client that goes away mid-answer makes its request `cancelled`: counted apart from successes and failures
 (`cancelled_requests` in `get_metrics`, `llm_proxy_requests_total{result="cancelled"}` on `/metrics`), never an
 upstream error, and logged with status `cancelled`. Through both HTTP fronts (a client that closes its connection
-after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`)."""
+after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`), and for a stream
+replayed from the response cache (memory and Redis) that its client leaves partway."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from proxy.providers.base import Provider
 from proxy.runtime import Runtime
 from proxy.types import ChatRequest, ChatResponse, StreamChunk
 from tests.http_server import engine_app
+from tests.redis_helpers import REDIS_URL, needs_redis, redis_prefix
+
+__all__ = ["redis_prefix"]  # the fixture, imported for the Redis tests below
 
 TOKEN = "test-cancelled-token-2468"
 CONFIG = """
@@ -165,3 +169,55 @@ async def test_a_cancelled_mcp_tool_call_is_a_cancelled_request(stream, request_
     finally:
         await engine.aclose()
     assert statuses(request_log) == ["cancelled"]
+
+
+CACHED = """
+version: 1
+providers:
+  fine: {type: mock, mock: {reply: "a fine answer, long enough to be replayed from the cache in a few pieces"}}
+retry: {max_attempts: 1}
+cache: {backend: memory, ttl: 5m}
+models:
+  default: {targets: [{provider: fine, model: fine-1}]}
+"""
+ON_REDIS = "cache: {backend: redis, ttl: 5m}\nstate: {backend: redis, url: %s, key_prefix: %s, timeout: 5s}\n"
+
+
+def request_counts_of(engine: Engine) -> tuple[int, int, int, int, int]:
+    snap = engine.metrics_snapshot()
+    keys = ("total_requests", "success_requests", "failed_requests", "cancelled_requests", "cached_requests")
+    return tuple(snap[key] for key in keys)  # type: ignore[return-value]
+
+
+async def leave_a_replay_partway(config: str, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    engine = Engine(Runtime.build(load_config_text(config, env={})))
+    assert engine.cache.stats()["backend"] == backend
+    request = ChatRequest.from_prompt("the same question", temperature=0)
+    try:
+        answer = await engine.complete(request)  # stored in the cache
+        stream = engine.stream(request)
+        async for chunk in stream:
+            if chunk.text:  # partway through the replay
+                break
+        assert stream.cached
+        await stream.aclose()  # the client left: each front closes the engine stream when its client goes away
+        assert request_counts_of(engine) == (2, 1, 0, 1, 0)  # cancelled, not a success (nor a cached request)
+        snap = engine.metrics_snapshot()
+        assert snap["models"]["default"] == {"requests": 2, "successes": 1, "failures": 0, "cancelled": 1, "cached": 0}
+        assert snap["cache"]["hits"] == 1  # the lookup did hit
+        replay = engine.stream(request)  # a replay that runs to its end is a cached success, as before
+        assert "".join([chunk.text async for chunk in replay if chunk.text]) == answer.text and replay.cached
+        assert request_counts_of(engine) == (3, 2, 0, 1, 1)
+    finally:
+        await engine.aclose()
+    assert statuses(caplog) == ["ok", "cancelled", "ok"]
+
+
+async def test_leaving_a_stream_replayed_from_the_memory_cache_partway_is_a_cancelled_request(request_log):
+    await leave_a_replay_partway(CACHED, "memory", request_log)
+
+
+@needs_redis
+async def test_leaving_a_stream_replayed_from_the_redis_cache_partway_is_a_cancelled_request(request_log, redis_prefix):
+    config = CACHED.replace("cache: {backend: memory, ttl: 5m}\n", ON_REDIS % (REDIS_URL, redis_prefix))
+    await leave_a_replay_partway(config, "redis", request_log)
