@@ -12,7 +12,8 @@ Rules kept here:
 - cache (DESIGN.md "Cache"): looked up only for cacheable requests (`cache.when`, a model's `cache.enabled`,
   the per-request bypass); a hit is marked `cached` and costs no attempt; concurrent identical cacheable requests
   share one upstream call; only complete, successful answers are stored, streamed ones included once they end
-  cleanly. A cache backend that fails is logged and skipped, never failing the request;
+  cleanly. A cache backend that fails is logged and skipped, never failing the request; a client that goes away
+  during the lookup makes a cancelled request (below);
 - streams have a commit point: until the first content chunk, failures are retried or fall back invisibly (the
   dispatch does it); after it, a failure ends the stream with `StreamInterrupted` carrying the partial text,
   counted as truncated, never cached and never a clean end;
@@ -208,12 +209,20 @@ class Engine:
         ttl = plan.model.cache.ttl if plan.model.cache.ttl is not None else settings.ttl
         return cache_key(request, plan.cache_scope, template_version=template_version), ttl
 
-    async def _cache_get(self, key: str) -> ChatResponse | None:
+    async def _cache_get(
+        self, key: str, route: str, started: float, runtime: Runtime, *, stream: bool
+    ) -> ChatResponse | None:
+        """The cached answer for `key`, or None (also when the backend fails). A request whose client goes away
+        while it waits here (a Redis lookup takes a round trip, up to `state.timeout`) is counted as cancelled."""
         try:
             return await self.cache.get(key)
         except Exception as exc:  # a broken cache backend must not fail requests
             log.warning("response cache lookup failed, serving without it: %s", type(exc).__name__)
             return None
+        except BaseException:  # cancelled: no dispatch will count this request, so it is counted here
+            latency = runtime.clock() - started
+            self.metrics.record_request(route, success=False, cancelled=True, latency_s=latency, stream=stream)
+            raise
 
     async def _cache_set(self, key: str, response: ChatResponse, ttl: float) -> None:
         if not is_storable(response):
@@ -358,7 +367,7 @@ class Engine:
     ) -> ChatResponse:
         """A cacheable request: a hit, an identical request's answer (single flight), or our call, then stored."""
         route = chain[0].model.name
-        hit = await self._cache_get(key)
+        hit = await self._cache_get(key, route, started, runtime, stream=False)
         if hit is not None:
             return self._hit(hit, route, started, runtime, stream=False, trace=trace)
         shared = self._inflight.get(key)
@@ -526,7 +535,7 @@ class EngineStream:
             self.route = chain[0].model.name
             key, ttl = engine._cache_key(runtime, chain[0], request, bypass_cache, template_version)
             if key is not None:
-                hit = await engine._cache_get(key)
+                hit = await engine._cache_get(key, self.route, started, runtime, stream=True)
                 if hit is not None:
                     replayed = engine._hit(hit, self.route, started, runtime, stream=True, trace=trace, count=False)
                     self.response = replayed

@@ -1,8 +1,9 @@
 """A client that goes away mid-answer makes its request `cancelled`: counted apart from successes and failures
 (`cancelled_requests` in `get_metrics`, `llm_proxy_requests_total{result="cancelled"}` on `/metrics`), never an
 upstream error, and logged with status `cancelled`. Through both HTTP fronts (a client that closes its connection
-after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`), and for a stream
-replayed from the response cache (memory and Redis) that its client leaves partway."""
+after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`), for a stream
+replayed from the response cache (memory and Redis) that its client leaves partway, and for a request cancelled
+while the engine waits on a Redis cache lookup."""
 
 from __future__ import annotations
 
@@ -19,14 +20,17 @@ from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import load_config_text
+from proxy.config.model import Secret, StateConfig
 from proxy.engine import Engine
 from proxy.fronts import anthropic_api, openai_api
 from proxy.fronts.mcp_server import McpFront
+from proxy.policies.redis_cache import RedisCache
+from proxy.policies.redis_state import RedisState
 from proxy.providers.base import Provider
 from proxy.runtime import Runtime
 from proxy.types import ChatRequest, ChatResponse, StreamChunk
 from tests.http_server import engine_app
-from tests.redis_helpers import REDIS_URL, needs_redis, redis_prefix
+from tests.redis_helpers import REDIS_URL, TcpProxy, needs_redis, redis_prefix
 
 __all__ = ["redis_prefix"]  # the fixture, imported for the Redis tests below
 
@@ -221,3 +225,39 @@ async def test_leaving_a_stream_replayed_from_the_memory_cache_partway_is_a_canc
 async def test_leaving_a_stream_replayed_from_the_redis_cache_partway_is_a_cancelled_request(request_log, redis_prefix):
     config = CACHED.replace("cache: {backend: memory, ttl: 5m}\n", ON_REDIS % (REDIS_URL, redis_prefix))
     await leave_a_replay_partway(config, "redis", request_log)
+
+
+@needs_redis
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_request_cancelled_during_a_redis_cache_lookup_is_a_cancelled_request(
+    stream, request_log, redis_prefix
+):
+    redis = TcpProxy()
+    await redis.start()
+    await redis.blackhole()  # Redis accepts the connection and never answers: the lookup waits (up to `timeout`)
+    state = RedisState(StateConfig(backend="redis", url=Secret(redis.url), key_prefix=redis_prefix, timeout=30.0))
+    engine = Engine(Runtime.build(load_config_text(CACHED, env={})), cache=RedisCache(state, max_entries=10))
+    request = ChatRequest.from_prompt("a question", temperature=0)
+
+    async def ask() -> None:
+        if stream:
+            async for _ in engine.stream(request):
+                pass
+        else:
+            await engine.complete(request)
+
+    try:
+        client = asyncio.create_task(ask())
+        await eventually(lambda: redis.connections == 1)  # the lookup is waiting on Redis
+        client.cancel()  # the client gives up
+        await asyncio.gather(client, return_exceptions=True)
+        assert client.cancelled()
+        assert request_counts_of(engine) == (1, 0, 0, 1, 0)
+        snap = engine.metrics_snapshot()
+        assert snap["models"]["default"]["cancelled"] == 1 and snap["stream_requests"] == int(stream)
+        assert snap["provider_usage"] == {"fine": 0} and snap["errors_by_kind"] == {}  # never sent upstream
+        assert (snap["cache"]["hits"], snap["cache"]["misses"]) == (0, 0)  # the lookup never finished
+    finally:
+        await engine.aclose()
+        await redis.stop()
+    assert statuses(request_log) == ["cancelled"]
