@@ -21,6 +21,7 @@ import collections
 import logging
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
@@ -35,7 +36,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["FastSpan", "Recorder", "inject_current"]
+__all__ = ["AttributeBlock", "FastSpan", "Recorder", "inject_current"]
 
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -94,6 +95,24 @@ def _span_context(trace_id: int, span_id: int, state: Any) -> SpanContext:
     return tuple.__new__(SpanContext, (trace_id, span_id, False, _SAMPLED, state, True))  # type: ignore[return-value]
 
 
+class AttributeBlock:
+    """Span attributes that repeat unchanged from one request to the next (a target's GenAI attributes, a route's
+    name and strategy), made once. A `FastSpan` started with one reports them first, then its own (an own attribute
+    with the same key wins), and the encoder writes the block's bytes once made (`encoded`, filled by
+    proxy/otlp_encode.py) instead of encoding each attribute again."""
+
+    __slots__ = ("encoded", "keys", "mapping")
+
+    def __init__(self, attributes: Mapping[str, Any]) -> None:
+        self.mapping: dict[str, Any] = dict(attributes)
+        self.keys = frozenset(self.mapping)
+        self.encoded: bytes | None = None
+
+
+_NO_EVENTS: tuple[Event, ...] = ()
+_MISSING = object()
+
+
 class FastSpan(trace.Span, ReadableSpan):
     """A recording span of the proxy's, and once ended its own `ReadableSpan` (as the SDK's `Span` is): its fields
     have the base class's names. Plain attributes and events, no links, so nothing is ever dropped (the base class
@@ -101,6 +120,7 @@ class FastSpan(trace.Span, ReadableSpan):
 
     __slots__ = (
         "_attributes",
+        "_block",
         "_context",
         "_end_time",
         "_events",
@@ -125,6 +145,7 @@ class FastSpan(trace.Span, ReadableSpan):
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, Any],
+        block: AttributeBlock | None = None,
     ) -> None:
         self._recorder = recorder
         self._name = name
@@ -132,7 +153,8 @@ class FastSpan(trace.Span, ReadableSpan):
         self._parent = parent
         self._kind = kind
         self._attributes = attributes
-        self._events: list[Event] = []
+        self._block = block
+        self._events: list[Event] | tuple[Event, ...] = _NO_EVENTS  # a list from the first event on
         self._status = _UNSET
         self._start_time = time.time_ns()
         self._end_time: int | None = None
@@ -144,6 +166,11 @@ class FastSpan(trace.Span, ReadableSpan):
     @property
     def instrumentation_scope(self) -> InstrumentationScope:
         return self._recorder.scope
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        block = self._block
+        return MappingProxyType(self._attributes if block is None else {**block.mapping, **self._attributes})
 
     def get_span_context(self) -> SpanContext:
         return self._context
@@ -158,7 +185,9 @@ class FastSpan(trace.Span, ReadableSpan):
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
         if self._end_time is None:
-            self._events.append(Event(name, dict(attributes) if attributes else None, timestamp or time.time_ns()))
+            if self._events is _NO_EVENTS:
+                self._events = []
+            self._events.append(Event(name, dict(attributes) if attributes else None, timestamp or time.time_ns()))  # type: ignore[union-attr]
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         pass  # the proxy's spans have no links
@@ -232,8 +261,10 @@ class Recorder:
         context: Context | None = None,
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: dict[str, Any] | None = None,
+        block: AttributeBlock | None = None,
     ) -> trace.Span:
-        """A span under `context`'s span (default: the current one); takes ownership of `attributes`."""
+        """A span under `context`'s span (default: the current one) with `block`'s attributes, then `attributes`
+        (taking ownership of the dict)."""
         parent_span = (context if context is not None else get_current()).get(_SPAN_KEY)
         if type(parent_span) is FastSpan:  # ours, so recorded: so is its child
             parent = parent_span._context
@@ -244,21 +275,25 @@ class Recorder:
                 span_id = self._ids.generate_span_id()
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(0), DEFAULT_TRACE_STATE))
             span_context = _span_context(trace_id, self._ids.generate_span_id(), DEFAULT_TRACE_STATE)
-            return FastSpan(self, name, span_context, None, kind, attributes or {})
+            return FastSpan(self, name, span_context, None, kind, attributes or {}, block)
         else:
             parent_span = trace.get_current_span(context)
             parent = parent_span.get_span_context()
             trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
-            result = self._sampler.should_sample(context, trace_id, name, kind, attributes)
+            seen = attributes if block is None else {**block.mapping, **(attributes or {})}
+            result = self._sampler.should_sample(context, trace_id, name, kind, seen)
             state = result.trace_state
             if not result.decision.is_sampled():
                 return NonRecordingSpan(
                     SpanContext(trace_id, self._ids.generate_span_id(), False, TraceFlags(0), state)
                 )
-            if result.attributes:
-                attributes = {**result.attributes, **(attributes or {})}
+            if result.attributes:  # samplers echo the attributes they were given: keep only what they add
+                given = seen or {}
+                added = {key: value for key, value in result.attributes.items() if given.get(key, _MISSING) != value}
+                if added:
+                    attributes = {**added, **(attributes or {})}
         span_context = _span_context(trace_id, self._ids.generate_span_id(), state)
-        return FastSpan(self, name, span_context, parent if parent.is_valid else None, kind, attributes or {})
+        return FastSpan(self, name, span_context, parent if parent.is_valid else None, kind, attributes or {}, block)
 
 
 # --- trace context to the upstream ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _double = struct.Struct("<d").pack
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
+_times = struct.Struct("<BQBQ").pack  # a span's start and end: two fixed64 fields
 _KIND = {
     kind: b"\x30" + bytes((number,))
     for kind, number in (
@@ -46,6 +47,7 @@ _KIND = {
 _encoded: dict[bytes, dict[str, dict[Any, bytes]]] = {}
 MAX_VALUES_PER_KEY = 64
 _names: dict[bytes, dict[str, bytes]] = {}  # span and event names by tag, encoded
+_name_kinds: dict[tuple[str, SpanKind], bytes] = {}
 MAX_NAMES = 1024
 _SMALL = [bytes((n,)) for n in range(128)]
 _STATUS_UNSET = b"\x7a\x00"
@@ -159,6 +161,16 @@ def _trace_state(state: Any) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
 
 
+def _name_kind(name: str, kind: SpanKind) -> bytes:
+    """A span's name and kind fields, encoded (cached: the proxy's span names repeat)."""
+    encoded = _name_kinds.get((name, kind))
+    if encoded is None:
+        encoded = _text(b"\x2a", name) + _KIND[kind]
+        if len(_name_kinds) < MAX_NAMES:
+            _name_kinds[name, kind] = encoded
+    return encoded
+
+
 def _head(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind) -> list[bytes]:
     """A `Span` message's first fields: ids, trace state, parent, name, kind."""
     parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
@@ -166,8 +178,7 @@ def _head(context: SpanContext, parent: SpanContext | None, name: str, kind: Spa
         parts.append(_text(b"\x1a", _trace_state(context.trace_state)))
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_name(b"\x2a", name))
-    parts.append(_KIND[kind])
+    parts.append(_name_kind(name, kind))
     return parts
 
 
@@ -182,11 +193,23 @@ def _status(status: Status) -> bytes:
 
 
 def _finished(span: FastSpan) -> bytes:
-    """`_span` for the proxy's own spans, from their fields (no links, nothing dropped)."""
+    """`_span` for the proxy's own spans, from their fields (no links, nothing dropped), with their attribute
+    block's bytes made once (`AttributeBlock`)."""
     parent = span._parent
     parts = _head(span._context, parent, span._name, span._kind)
-    parts.append(b"\x39" + _fixed64(span._start_time) + b"\x41" + _fixed64(span._end_time))
-    parts.append(_attributes(b"\x4a", span._attributes))
+    parts.append(_times(0x39, span._start_time, 0x41, span._end_time))
+    block, attributes = span._block, span._attributes
+    if block is None:
+        parts.append(_attributes(b"\x4a", attributes))
+    elif attributes and not block.keys.isdisjoint(attributes):  # an own attribute replaces one of the block's
+        parts.append(_attributes(b"\x4a", {**block.mapping, **attributes}))
+    else:
+        encoded = block.encoded
+        if encoded is None:
+            encoded = block.encoded = _attributes(b"\x4a", block.mapping)
+        parts.append(encoded)
+        if attributes:
+            parts.append(_attributes(b"\x4a", attributes))
     for event in span._events:
         body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
         parts.append(_field(b"\x5a", body))

@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from proxy.errors import ProxyError
 from proxy.logs import redact, request_id
 from proxy.metrics import genai_provider_name
+from proxy.otel_fast import AttributeBlock
 from proxy.policies.retry import error_label
 from proxy.runtime import ModelPlan, PlannedTarget
 from proxy.telemetry import Tracing
@@ -43,6 +44,23 @@ __all__ = ["RequestTrace", "error_type"]
 
 MAX_STATUS_TEXT = 500
 _servers: dict[str, tuple[str, int] | None] = {}
+MAX_BLOCKS = 1024
+# The attributes that are the same for every request through one plan or target (or config version), made once:
+# keyed by the owner's id and a flag, holding the owner so that a reused id is not mistaken for it. Bounded, then
+# started afresh: a reload makes new plans and targets.
+_blocks: dict[tuple[int, Any], tuple[object, AttributeBlock]] = {}
+
+
+def _block(owner: object, flag: Any) -> AttributeBlock | None:
+    found = _blocks.get((id(owner), flag))
+    return found[1] if found is not None and found[0] is owner else None
+
+
+def _keep(owner: object, flag: Any, attributes: dict[str, Any]) -> AttributeBlock:
+    if len(_blocks) >= MAX_BLOCKS:
+        _blocks.clear()
+    block = _blocks[id(owner), flag] = (owner, AttributeBlock(attributes))
+    return block[1]
 
 
 def error_type(error: BaseException) -> str:
@@ -64,6 +82,24 @@ def _server(provider: object) -> tuple[str, int] | None:
             port = 0
         found = _servers[url] = (parts.hostname, port) if parts.hostname else None
     return found
+
+
+def _target_attributes(target: PlannedTarget, request: ChatRequest) -> dict[str, Any]:
+    """An attempt span's attributes that depend only on its target (and whether the request streams)."""
+    assert target.bound is not None
+    provider = target.bound.provider
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": genai_provider_name(provider.type),
+        "gen_ai.request.model": target.model,
+        "gen_ai.request.stream": request.stream,
+        "proxy.provider": target.provider,
+        "proxy.target": target.label,
+    }
+    server = _server(provider)
+    if server is not None:
+        attributes["server.address"], attributes["server.port"] = server
+    return attributes
 
 
 def _parts(message: Message) -> list[dict[str, Any]]:
@@ -127,13 +163,16 @@ class RequestTrace:
     def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, config_version: str) -> None:
         self.start = tracing.start_span
         self.capture = tracing.capture_content
-        attributes: dict[str, Any] = {"proxy.stream": stream, "proxy.config.version": config_version}
+        block = _block(config_version, stream) or _keep(
+            config_version, stream, {"proxy.stream": stream, "proxy.config.version": config_version}
+        )
+        attributes: dict[str, Any] = {}
         if request.model:
             attributes["proxy.model.requested"] = request.model
         rid = request_id.get()
         if rid:
             attributes["proxy.request_id"] = rid
-        self.span = self.start("proxy.request", None, SpanKind.INTERNAL, attributes)  # under the current span
+        self.span = self.start("proxy.request", None, SpanKind.INTERNAL, attributes, block)  # under the current span
         self.context = trace.set_span_in_context(self.span)
 
     @property
@@ -144,12 +183,16 @@ class RequestTrace:
     # --- routing ----------------------------------------------------------------------------------------------
 
     def start_route(self, plan: ModelPlan, position: int) -> trace.Span:
-        if position == 0:
+        fallback = position > 0
+        if not fallback:
             self.span.set_attribute("proxy.route", plan.model.name)
-        attributes = {"proxy.route": plan.model.name, "proxy.routing.strategy": plan.model.strategy}
-        if position:
-            attributes["proxy.routing.fallback_model"] = True
-        return self.start("proxy.route", self.context, SpanKind.INTERNAL, attributes)
+        block = _block(plan, fallback)
+        if block is None:
+            attributes = {"proxy.route": plan.model.name, "proxy.routing.strategy": plan.model.strategy}
+            if fallback:
+                attributes["proxy.routing.fallback_model"] = True
+            block = _keep(plan, fallback, attributes)
+        return self.start("proxy.route", self.context, SpanKind.INTERNAL, {}, block)
 
     def end_route(self, span: trace.Span, plan: ModelPlan, order: list[int], available: list[bool]) -> None:
         targets = plan.targets
@@ -165,22 +208,12 @@ class RequestTrace:
         self, target: PlannedTarget, request: ChatRequest, *, attempt: int, fallback_index: int, waited: float
     ) -> trace.Span:
         """The CLIENT span of one upstream call; make it current (`enter`) while the call is sent."""
-        assert target.bound is not None
-        provider = target.bound.provider
+        block = _block(target, request.stream) or _keep(target, request.stream, _target_attributes(target, request))
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": genai_provider_name(provider.type),
-            "gen_ai.request.model": target.model,
-            "gen_ai.request.stream": request.stream,
-            "proxy.provider": target.provider,
-            "proxy.target": target.label,
             "proxy.attempt": attempt,
             "proxy.fallback_index": fallback_index,
             "proxy.ratelimit.wait_ms": waited * 1000.0,
         }
-        server = _server(provider)
-        if server is not None:
-            attributes["server.address"], attributes["server.port"] = server
         if request.max_tokens is not None:
             attributes["gen_ai.request.max_tokens"] = request.max_tokens
         if request.temperature is not None:
@@ -193,7 +226,7 @@ class RequestTrace:
             attributes["gen_ai.request.stop_sequences"] = tuple(request.stop)
         if self.capture:
             attributes.update(_input_messages(request))
-        return self.start(f"chat {target.model}", self.context, SpanKind.CLIENT, attributes)
+        return self.start(f"chat {target.model}", self.context, SpanKind.CLIENT, attributes, block)
 
     @staticmethod
     def enter(span: trace.Span) -> object:

@@ -51,7 +51,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from proxy import __version__
 from proxy.config.model import TelemetryConfig
 from proxy.metrics import Metrics
-from proxy.otel_fast import Recorder
+from proxy.otel_fast import AttributeBlock, Recorder
 from proxy.otel_metrics import metrics_data
 from proxy.otlp_encode import FastOTLPSpanExporter
 
@@ -140,9 +140,9 @@ def settings_from(config: TelemetryConfig, env: Mapping[str, str] | None = None)
 class Tracing:
     """Traces are on: where the proxy's spans come from, and whether prompt and answer text is recorded.
 
-    `start_span(name, context=None, kind=INTERNAL, attributes=None)` starts the per-request spans: lean ones
-    (proxy/otel_fast.py) on an SDK provider, else the provider's own. `tracer` is the provider's tracer, for the
-    rare spans (startup, reload, shutdown)."""
+    `start_span(name, context=None, kind=INTERNAL, attributes=None, block=None)` starts the per-request spans: lean
+    ones (proxy/otel_fast.py) on an SDK provider, else the provider's own (a `block`'s attributes merged in).
+    `tracer` is the provider's tracer, for the rare spans (startup, reload, shutdown)."""
 
     __slots__ = ("capture_content", "provider", "start_span", "tracer")
 
@@ -159,7 +159,10 @@ class Tracing:
         context: Any = None,
         kind: trace.SpanKind = trace.SpanKind.INTERNAL,
         attributes: dict[str, Any] | None = None,
+        block: AttributeBlock | None = None,
     ) -> trace.Span:
+        if block is not None:
+            attributes = {**block.mapping, **(attributes or {})}
         return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
 
 

@@ -20,7 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.span import TraceState
 
 from proxy import otlp_encode
-from proxy.otel_fast import FastSpan, inject_current
+from proxy.otel_fast import AttributeBlock, FastSpan, inject_current
 from proxy.otlp_encode import FastOTLPSpanExporter, encode_spans
 from proxy.telemetry import Tracing
 
@@ -223,3 +223,38 @@ def test_the_queue_path_keeps_the_batch_processors_own_rules_for_a_full_queue_an
     provider.shutdown()
     tracing.start_span("late").end()  # after shutdown: dropped, as the processor does, no error
     assert "late" not in [span.name for span in exported.get_finished_spans()]
+
+
+def test_a_span_with_an_attribute_block_reports_and_encodes_the_blocks_attributes_then_its_own():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    block = AttributeBlock({"gen_ai.operation.name": "chat", "proxy.target": "a/m", "server.port": 443})
+    plain = tracing.start_span("chat m", None, SpanKind.CLIENT, {"proxy.attempt": 1}, block)
+    plain.end()
+    replaced = tracing.start_span("chat m", None, SpanKind.CLIENT, {"proxy.attempt": 2}, block)
+    replaced.set_attribute("proxy.target", "b/m")  # an own attribute with a block's key wins
+    replaced.end()
+    first, second = exporter.get_finished_spans()
+    assert list(first.attributes.items()) == [*block.mapping.items(), ("proxy.attempt", 1)]
+    assert second.attributes["proxy.target"] == "b/m" and second.attributes["server.port"] == 443
+    for _ in range(2):  # the second time with the block's bytes made
+        assert ExportTraceServiceRequest.FromString(encode_spans([first, second])) == stock_encode([first, second])
+    assert block.encoded is not None
+    provider.shutdown()
+
+
+def test_a_provider_that_is_not_the_sdks_gets_the_blocks_attributes_too():
+    seen = {}
+
+    class Tracer(trace.NoOpTracer):
+        def start_span(self, name, context=None, kind=SpanKind.INTERNAL, attributes=None, **kwargs):
+            seen[name] = dict(attributes or {})
+            return super().start_span(name, context, kind, attributes, **kwargs)
+
+    class Provider(trace.NoOpTracerProvider):
+        def get_tracer(self, *args, **kwargs):
+            return Tracer()
+
+    tracing = Tracing(Provider())
+    tracing.start_span("x", None, SpanKind.INTERNAL, {"own": 1}, AttributeBlock({"fixed": "v"})).end()
+    assert seen == {"x": {"fixed": "v", "own": 1}}

@@ -38,6 +38,7 @@ from proxy.fronts import status
 from proxy.fronts.http_common import error_for_path
 from proxy.fronts.prometheus import metrics_route_handler
 from proxy.ids import random_hex
+from proxy.otel_fast import AttributeBlock
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | status.PUBLIC_PATHS  # the status page asks for its token
@@ -75,6 +76,19 @@ def token_allowed(presented: str | None, tokens: Sequence[str]) -> bool:
     return allowed
 
 
+_server_blocks: dict[tuple[Any, ...], AttributeBlock] = {}  # by (method, path, scheme, server); the proxy's routes only
+MAX_SERVER_BLOCKS = 256
+
+
+def _server_attributes(method: str, path: str, scheme: str, server: Any) -> dict[str, Any]:
+    attributes = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
+    if path in ROUTES:
+        attributes["http.route"] = path
+    if server and server[1] is not None:
+        attributes["server.address"], attributes["server.port"] = server[0], server[1]
+    return attributes
+
+
 def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> trace.Span:
     carrier = {}
     for key, value in scope.get("headers", ()):
@@ -83,19 +97,20 @@ def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> t
     parent = propagate.extract(carrier) if carrier else None
     method = scope.get("method", "GET")
     path = scope.get("path", "")
-    attributes = {
-        "http.request.method": method,
-        "url.path": path,
-        "url.scheme": scope.get("scheme", "http"),
-        "proxy.request_id": request_id,
-    }
-    if path in ROUTES:
-        attributes["http.route"] = path
+    scheme = scope.get("scheme", "http")
     server = scope.get("server")
-    if server and server[1] is not None:
-        attributes["server.address"], attributes["server.port"] = server[0], server[1]
     name = f"{method} {path}" if path in ROUTES else method
-    return tracing.start_span(name, parent, trace.SpanKind.SERVER, attributes)
+    if path not in ROUTES:  # any path a client sends: not kept
+        attributes = _server_attributes(method, path, scheme, server)
+        attributes["proxy.request_id"] = request_id
+        return tracing.start_span(name, parent, trace.SpanKind.SERVER, attributes)
+    key = (method, path, scheme, server)
+    block = _server_blocks.get(key)
+    if block is None:
+        if len(_server_blocks) >= MAX_SERVER_BLOCKS:
+            _server_blocks.clear()
+        block = _server_blocks[key] = AttributeBlock(_server_attributes(method, path, scheme, server))
+    return tracing.start_span(name, parent, trace.SpanKind.SERVER, {"proxy.request_id": request_id}, block)
 
 
 class ProxyMiddleware:
