@@ -10,7 +10,7 @@ own spans hold only values it builds itself (str, int, float, bool, tuples of st
   SDK's span); a child of a `FastSpan` is recorded like its parent. Ids come from the provider's id generator. Not
   applied to these spans: span limits and processors' `on_start` (the batch and simple processors do nothing there).
   A provider that is not the SDK's gets ordinary spans from its tracer.
-- `inject_current()` writes the current span's `traceparent` directly when the propagators are the default ones.
+- `traced_headers()` writes the current span's `traceparent` directly when the propagators are the default ones.
 
 Their OTLP encoding is proxy/otlp_encode.py.
 """
@@ -36,7 +36,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["AttributeBlock", "FastSpan", "Recorder", "inject_current"]
+__all__ = ["AttributeBlock", "FastSpan", "Recorder", "traced_headers"]
 
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -267,33 +267,43 @@ class Recorder:
         (taking ownership of the dict)."""
         parent_span = (context if context is not None else get_current()).get(_SPAN_KEY)
         if type(parent_span) is FastSpan:  # ours, so recorded: so is its child
-            parent = parent_span._context
-            trace_id, state = parent.trace_id, parent.trace_state
-        elif parent_span is None and self._root_bound is not None:  # a root under the default sampler
+            return self.child(name, parent_span, kind, attributes, block)
+        if parent_span is None and self._root_bound is not None:  # a root under the default sampler
             trace_id = self._ids.generate_trace_id()
             if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._root_bound:
                 span_id = self._ids.generate_span_id()
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(0), DEFAULT_TRACE_STATE))
             span_context = _span_context(trace_id, self._ids.generate_span_id(), DEFAULT_TRACE_STATE)
             return FastSpan(self, name, span_context, None, kind, attributes or {}, block)
-        else:
-            parent_span = trace.get_current_span(context)
-            parent = parent_span.get_span_context()
-            trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
-            seen = attributes if block is None else {**block.mapping, **(attributes or {})}
-            result = self._sampler.should_sample(context, trace_id, name, kind, seen)
-            state = result.trace_state
-            if not result.decision.is_sampled():
-                return NonRecordingSpan(
-                    SpanContext(trace_id, self._ids.generate_span_id(), False, TraceFlags(0), state)
-                )
-            if result.attributes:  # samplers echo the attributes they were given: keep only what they add
-                given = seen or {}
-                added = {key: value for key, value in result.attributes.items() if given.get(key, _MISSING) != value}
-                if added:
-                    attributes = {**added, **(attributes or {})}
+        parent = trace.get_current_span(context).get_span_context()
+        trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
+        seen = attributes if block is None else {**block.mapping, **(attributes or {})}
+        result = self._sampler.should_sample(context, trace_id, name, kind, seen)
+        state = result.trace_state
+        if not result.decision.is_sampled():
+            return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, TraceFlags(0), state))
+        if result.attributes:  # samplers echo the attributes they were given: keep only what they add
+            given = seen or {}
+            added = {key: value for key, value in result.attributes.items() if given.get(key, _MISSING) != value}
+            if added:
+                attributes = {**added, **(attributes or {})}
         span_context = _span_context(trace_id, self._ids.generate_span_id(), state)
         return FastSpan(self, name, span_context, parent if parent.is_valid else None, kind, attributes or {}, block)
+
+    def child(
+        self,
+        name: str,
+        parent: trace.Span,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, Any] | None = None,
+        block: AttributeBlock | None = None,
+    ) -> trace.Span:
+        """`start` under `parent`, without making a `Context` for it when it is one of ours."""
+        if type(parent) is not FastSpan:
+            return self.start(name, trace.set_span_in_context(parent), kind, attributes, block)
+        context = parent._context
+        span_context = _span_context(context.trace_id, self._ids.generate_span_id(), context.trace_state)
+        return FastSpan(self, name, span_context, context, kind, attributes or {}, block)
 
 
 # --- trace context to the upstream ------------------------------------------------------------------------------
@@ -311,22 +321,31 @@ def _is_default(textmap: Any) -> bool:
     )
 
 
-def inject_current(headers: dict[str, str]) -> None:
-    """`opentelemetry.propagate.inject(headers)`, for the current span: with the default propagators and one of our
-    spans current, the same `traceparent`/`tracestate` written directly (the generic path costs several us)."""
+def traced_headers(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """A copy of `headers` with the current span's trace context, as `opentelemetry.propagate.inject` writes it; None
+    when no valid span is current. With the default propagators and one of our spans current, the same
+    `traceparent`/`tracestate` are written directly (the generic path costs several us)."""
+    current = get_current()
+    span = current.get(_SPAN_KEY)
+    if type(span) is not FastSpan:
+        if span is None or not span.get_span_context().is_valid:
+            return None
+        traced = dict(headers)
+        propagate.inject(traced, current)
+        return traced
     textmap = propagate.get_global_textmap()
     if textmap is not _default_textmap[0]:
         _default_textmap[:] = [textmap, _is_default(textmap)]
-    current = get_current()
-    span = current.get(_SPAN_KEY)
-    if not _default_textmap[1] or type(span) is not FastSpan:
-        textmap.inject(headers)
-        return
+    traced = dict(headers)
+    if not _default_textmap[1]:
+        textmap.inject(traced, current)
+        return traced
     context = span._context
     # Ours are sampled; %-formatting takes half the time of an f-string with format specs here.
-    headers["traceparent"] = "00-%032x-%016x-01" % (context.trace_id, context.span_id)  # noqa: UP031
+    traced["traceparent"] = "00-%032x-%016x-01" % (context.trace_id, context.span_id)  # noqa: UP031
     state = context.trace_state
     if state is not DEFAULT_TRACE_STATE and state:
-        headers["tracestate"] = state.to_header()
+        traced["tracestate"] = state.to_header()
     if current.get(_BAGGAGE_KEY):
-        textmap._propagators[1].inject(headers)
+        textmap._propagators[1].inject(traced, current)
+    return traced

@@ -158,10 +158,10 @@ def _fail(span: trace.Span, error: BaseException, capture: bool) -> None:
 class RequestTrace:
     """The `proxy.request` span of one client request and the spans and events under it (module docstring)."""
 
-    __slots__ = ("capture", "context", "span", "start")
+    __slots__ = ("capture", "child", "span")
 
     def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, config_version: str) -> None:
-        self.start = tracing.start_span
+        self.child = tracing.start_child
         self.capture = tracing.capture_content
         block = _block(config_version, stream) or _keep(
             config_version, stream, {"proxy.stream": stream, "proxy.config.version": config_version}
@@ -172,8 +172,7 @@ class RequestTrace:
         rid = request_id.get()
         if rid:
             attributes["proxy.request_id"] = rid
-        self.span = self.start("proxy.request", None, SpanKind.INTERNAL, attributes, block)  # under the current span
-        self.context = trace.set_span_in_context(self.span)
+        self.span = tracing.start_span("proxy.request", None, SpanKind.INTERNAL, attributes, block)  # under the current
 
     @property
     def trace_id(self) -> str | None:
@@ -192,7 +191,7 @@ class RequestTrace:
             if fallback:
                 attributes["proxy.routing.fallback_model"] = True
             block = _keep(plan, fallback, attributes)
-        return self.start("proxy.route", self.context, SpanKind.INTERNAL, {}, block)
+        return self.child("proxy.route", self.span, SpanKind.INTERNAL, {}, block)
 
     def end_route(self, span: trace.Span, plan: ModelPlan, order: list[int], available: list[bool]) -> None:
         targets = plan.targets
@@ -226,7 +225,7 @@ class RequestTrace:
             attributes["gen_ai.request.stop_sequences"] = tuple(request.stop)
         if self.capture:
             attributes.update(_input_messages(request))
-        return self.start(f"chat {target.model}", self.context, SpanKind.CLIENT, attributes, block)
+        return self.child(f"chat {target.model}", self.span, SpanKind.CLIENT, attributes, block)
 
     @staticmethod
     def enter(span: trace.Span) -> object:

@@ -141,10 +141,11 @@ class Tracing:
     """Traces are on: where the proxy's spans come from, and whether prompt and answer text is recorded.
 
     `start_span(name, context=None, kind=INTERNAL, attributes=None, block=None)` starts the per-request spans: lean
-    ones (proxy/otel_fast.py) on an SDK provider, else the provider's own (a `block`'s attributes merged in).
+    ones (proxy/otel_fast.py) on an SDK provider, else the provider's own (a `block`'s attributes merged in);
+    `start_child(name, parent_span, ...)` the same under a given span.
     `tracer` is the provider's tracer, for the rare spans (startup, reload, shutdown)."""
 
-    __slots__ = ("capture_content", "provider", "start_span", "tracer")
+    __slots__ = ("capture_content", "provider", "start_child", "start_span", "tracer")
 
     def __init__(self, provider: trace.TracerProvider, *, capture_content: bool = False) -> None:
         self.provider = provider
@@ -152,6 +153,7 @@ class Tracing:
         self.capture_content = capture_content
         recorder = Recorder.for_provider(provider, InstrumentationScope(TRACER_NAME, __version__))
         self.start_span = recorder.start if recorder is not None else self._tracer_span
+        self.start_child = recorder.child if recorder is not None else self._tracer_child
 
     def _tracer_span(
         self,
@@ -164,6 +166,16 @@ class Tracing:
         if block is not None:
             attributes = {**block.mapping, **(attributes or {})}
         return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+
+    def _tracer_child(
+        self,
+        name: str,
+        parent: trace.Span,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: dict[str, Any] | None = None,
+        block: AttributeBlock | None = None,
+    ) -> trace.Span:
+        return self._tracer_span(name, trace.set_span_in_context(parent), kind, attributes, block)
 
 
 _active: Tracing | None = None

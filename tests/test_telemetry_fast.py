@@ -20,7 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.span import TraceState
 
 from proxy import otlp_encode
-from proxy.otel_fast import AttributeBlock, FastSpan, inject_current
+from proxy.otel_fast import AttributeBlock, FastSpan, traced_headers
 from proxy.otlp_encode import FastOTLPSpanExporter, encode_spans
 from proxy.telemetry import Tracing
 
@@ -139,8 +139,7 @@ def test_the_trace_context_sent_upstream_is_what_the_propagators_write():
     for context in (trace.set_span_in_context(span), with_baggage):
         token = otel_context.attach(context)
         try:
-            fast: dict[str, str] = {}
-            inject_current(fast)
+            fast = traced_headers({})
             stock: dict[str, str] = {}
             propagate.inject(stock)
         finally:
@@ -152,14 +151,30 @@ def test_the_trace_context_sent_upstream_is_what_the_propagators_write():
     try:
         token = otel_context.attach(with_baggage)
         try:
-            only: dict[str, str] = {}
-            inject_current(only)
+            only = traced_headers({})
         finally:
             otel_context.detach(token)
         assert set(only) == {"traceparent", "tracestate"}
     finally:
         propagate.set_global_textmap(default)
     span.end()
+    provider.shutdown()
+
+
+def test_trace_headers_come_from_any_valid_current_span_and_not_without_one():
+    assert traced_headers({"authorization": "Bearer k"}) is None  # no span current: the call's own headers
+    provider, _ = provider_with()
+    sdk = provider.get_tracer("other-library")
+    with sdk.start_as_current_span("an SDK span") as span:  # not one of ours: the propagators write it
+        traced = traced_headers({"authorization": "Bearer k"})
+        stock = {"authorization": "Bearer k"}
+        propagate.inject(stock)
+    assert traced == stock and f"{span.get_span_context().span_id:016x}" in traced["traceparent"]
+    token = otel_context.attach(trace.set_span_in_context(trace.INVALID_SPAN))
+    try:
+        assert traced_headers({}) is None
+    finally:
+        otel_context.detach(token)
     provider.shutdown()
 
 

@@ -38,7 +38,6 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
-from opentelemetry import trace
 
 from proxy import __version__, telemetry
 from proxy.config.model import TimeoutConfig
@@ -49,7 +48,7 @@ from proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from proxy.otel_fast import inject_current
+from proxy.otel_fast import traced_headers
 from proxy.providers.base import HttpCall
 
 __all__ = ["RawReply", "Transport", "UpstreamStream", "map_transport_error"]
@@ -284,9 +283,8 @@ class Transport:
         """
         session = self._open_session()
         headers = call.headers
-        if telemetry.active() is not None and trace.get_current_span().get_span_context().is_valid:
-            headers = dict(headers)  # an attempt span is current: send its trace context
-            inject_current(headers)
+        if telemetry.active() is not None:  # send the current (attempt) span's trace context
+            headers = traced_headers(headers) or headers
         deadline = asyncio.timeout_at(first_byte_deadline)
         try:
             async with deadline:
