@@ -36,7 +36,7 @@ from proxy.cli_serve import ServeOptions, configure_logging, serve, serving_gc
 from proxy.config.load import load_config
 from proxy.config.model import Config
 from proxy.errors import ConfigError, ProxyError
-from proxy.fronts.serve import set_nodelay
+from proxy.sockets import set_nodelay
 
 log = logging.getLogger("proxy.cli_workers")
 

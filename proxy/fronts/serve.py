@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy import telemetry
 from proxy.errors import ProxyError
 from proxy.fronts.mcp_server import McpFront
+from proxy.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +212,6 @@ def _adopt(sock: socket.socket) -> socket.socket:
         )
     set_nodelay(sock)
     return sock
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    """TCP_NODELAY on a listening socket, which accepted connections inherit (Linux). asyncio sets it only on sockets
-    whose `proto` is IPPROTO_TCP, and `socket.create_server` leaves `proto` 0: without this, Nagle held every
-    keep-alive response body (written after its head) until the client's delayed ACK, about 40 ms per request."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def serve_http(
