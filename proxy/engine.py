@@ -13,7 +13,8 @@ Rules kept here:
   the per-request bypass); a hit is marked `cached` and costs no attempt; concurrent identical cacheable requests
   share one upstream call; only complete, successful answers are stored, streamed ones included once they end
   cleanly. A cache backend that fails is logged and skipped, never failing the request; a client that goes away
-  during the lookup makes a cancelled request (below);
+  during the lookup, or while its answer is stored (a complete answer it has not got yet, a stream before its
+  end), makes a cancelled request (below): a request is counted as a success only once its store is done;
 - streams have a commit point: until the first content chunk, failures are retried or fall back invisibly (the
   dispatch does it); after it, a failure ends the stream with `StreamInterrupted` carrying the partial text,
   counted as truncated, never cached and never a clean end;
@@ -287,9 +288,10 @@ class Engine:
             )
 
     def _finish(
-        self, response: ChatResponse, admitted: Admitted, dispatch: Dispatch, cost: float, started: float
+        self, response: ChatResponse, admitted: Admitted, dispatch: Dispatch, cost: float, started: float, now: float
     ) -> ChatResponse:
-        """The answer as the client gets it: who answered, the route, cost, attempt history and total latency."""
+        """The answer as the client gets it: who answered, the route, cost, attempt history and total latency (to
+        `now`, when it was answered)."""
         target = admitted.target
         return dataclasses.replace(
             response,
@@ -298,7 +300,7 @@ class Engine:
             route=dispatch.name,
             cost=cost,
             attempts=dispatch.attempts,
-            latency_ms=(dispatch.runtime.clock() - started) * 1000,
+            latency_ms=(now - started) * 1000,
             config_version=dispatch.runtime.config.version_hash,
         )
 
@@ -311,10 +313,12 @@ class Engine:
         truncated: bool = False,
         until: float | None = None,
         cancelled: bool = False,
+        now: float | None = None,
     ) -> None:
-        """Count the request (`cancelled`: its client went away); its overhead runs to `until` (a stream's first
-        chunk) or now."""
-        now = dispatch.runtime.clock()
+        """Count the request (`cancelled`: its client went away); its latency runs to `now` (default: the clock's
+        now), its overhead to `until` (a stream's first chunk) or `now`."""
+        if now is None:
+            now = dispatch.runtime.clock()
         end = now if until is None else until
         self.metrics.record_request(
             dispatch.name,
@@ -346,7 +350,7 @@ class Engine:
                 raise
             key, ttl = self._cache_key(runtime, chain[0], request, bypass_cache, template_version)
             if key is None:
-                response = await self._dispatch(runtime, chain, request, started, trace)
+                response = await self._dispatch(Dispatch(runtime, self.metrics, chain, request, trace), started)
             else:
                 response = await self._cached(runtime, chain, request, started, trace, key, ttl)
         except BaseException as exc:
@@ -377,7 +381,7 @@ class Engine:
                 response = await asyncio.shield(shared)
             except _LeaderCancelled:  # its client went away; make our own call
                 self.metrics.record_cache(False)
-                return await self._dispatch(runtime, chain, request, started, trace)
+                return await self._dispatch(Dispatch(runtime, self.metrics, chain, request, trace), started)
             except BaseException as exc:  # the shared call failed, or our own client went away while waiting
                 now = runtime.clock()
                 overhead = max(0.0, waiting - started)
@@ -390,8 +394,9 @@ class Engine:
         self.metrics.record_cache(False)
         future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        dispatch = Dispatch(runtime, self.metrics, chain, request, trace)
         try:
-            response = await self._dispatch(runtime, chain, request, started, trace)
+            response = await self._dispatch(dispatch, started, count=False)
             future.set_result(response)
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, ProxyError) else _LeaderCancelled())
@@ -399,26 +404,28 @@ class Engine:
             raise
         finally:
             del self._inflight[key]
-        await self._cache_set(key, response, ttl)
+        answered = started + response.latency_ms / 1000
+        try:
+            await self._cache_set(key, response, ttl)
+        except BaseException as exc:  # cancelled while the answer was stored: its client never got it
+            self._record(dispatch, started, success=False, until=answered, cancelled=_cancelled(exc))
+            raise
+        self._record(dispatch, started, success=True, now=answered)  # latency to its answer, as logged
         return response
 
-    async def _dispatch(
-        self,
-        runtime: Runtime,
-        chain: list[ModelPlan],
-        request: ChatRequest,
-        started: float,
-        trace: RequestTrace | None = None,
-    ) -> ChatResponse:
-        dispatch = Dispatch(runtime, self.metrics, chain, request, trace)
+    async def _dispatch(self, dispatch: Dispatch, started: float, *, count: bool = True) -> ChatResponse:
+        """Run `dispatch` (non-streaming) to an answer, counted as a successful request unless `count` is False
+        (the caller counts it with `_record(now=)` at the answer's time, once it is stored)."""
         try:
             response, admitted = await dispatch.run(_complete)
         except BaseException as exc:
             self._record(dispatch, started, success=False, cancelled=_cancelled(exc))
             raise
         cost = await admitted.succeed(response.usage, response=response)
-        self._record(dispatch, started, success=True)
-        return self._finish(response, admitted, dispatch, cost, started)
+        now = dispatch.runtime.clock()
+        if count:
+            self._record(dispatch, started, success=True, now=now)
+        return self._finish(response, admitted, dispatch, cost, started, now)
 
     # --- stream -------------------------------------------------------------------------------------------
 
@@ -587,10 +594,15 @@ class EngineStream:
                 raise
             response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
             cost = await admitted.succeed(response.usage, first_token_at=first_token_at, response=response)
-            engine._record(dispatch, started, success=True, until=first_token_at)
-            self.response = engine._finish(response, admitted, dispatch, cost, started)
+            now = runtime.clock()
+            self.response = engine._finish(response, admitted, dispatch, cost, started, now)
             if key is not None:
-                await engine._cache_set(key, self.response, ttl)
+                try:
+                    await engine._cache_set(key, self.response, ttl)
+                except BaseException as exc:  # cancelled while the answer was stored: the stream never ended
+                    engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
+                    raise
+            engine._record(dispatch, started, success=True, until=first_token_at, now=now)
         except BaseException as exc:
             _failed(exc, request, runtime, started, trace, stream=True, truncated=truncated)
             raise

@@ -3,7 +3,8 @@
 upstream error, and logged with status `cancelled`. Through both HTTP fronts (a client that closes its connection
 after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`), for a stream
 replayed from the response cache (memory and Redis) that its client leaves partway, and for a request cancelled
-while the engine waits on a Redis cache lookup."""
+while the engine waits on Redis: its cache lookup, or the store of its answer (a whole answer the client has not
+got, or a stream whose text is all out but that has not ended)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from proxy.policies.redis_cache import RedisCache
 from proxy.policies.redis_state import RedisState
 from proxy.providers.base import Provider
 from proxy.runtime import Runtime
-from proxy.types import ChatRequest, ChatResponse, StreamChunk
+from proxy.types import ChatRequest, ChatResponse, StreamChunk, Usage
 from tests.http_server import engine_app
 from tests.redis_helpers import REDIS_URL, TcpProxy, needs_redis, redis_prefix
 
@@ -258,6 +259,79 @@ async def test_a_request_cancelled_during_a_redis_cache_lookup_is_a_cancelled_re
         assert snap["provider_usage"] == {"fine": 0} and snap["errors_by_kind"] == {}  # never sent upstream
         assert (snap["cache"]["hits"], snap["cache"]["misses"]) == (0, 0)  # the lookup never finished
     finally:
+        await engine.aclose()
+        await redis.stop()
+    assert statuses(request_log) == ["cancelled"]
+
+
+class StoreStallingProvider(Provider):
+    """Answers at once, after making Redis unresponsive (`TcpProxy.blackhole()` on `redis`): the cache lookup before
+    the call went through (a miss), the store after it waits."""
+
+    redis: TcpProxy | None = None
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        assert StoreStallingProvider.redis is not None
+        await StoreStallingProvider.redis.blackhole()
+        return ChatResponse(text="a whole answer", finish_reason="stop", usage=Usage(3, 4), model=model)
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
+        assert StoreStallingProvider.redis is not None
+        await StoreStallingProvider.redis.blackhole()
+        yield StreamChunk(text="a whole")
+        yield StreamChunk(text=" answer", finish_reason="stop", usage=Usage(3, 4))
+
+
+STORED = """
+version: 1
+providers:
+  storing: {type: python, class: "tests.test_cancelled_requests:StoreStallingProvider"}
+retry: {max_attempts: 1}
+models:
+  default: {targets: [{provider: storing, model: store-1}]}
+"""
+
+
+@needs_redis
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_request_cancelled_while_its_answer_is_stored_in_redis_is_a_cancelled_request(
+    stream, request_log, redis_prefix
+):
+    redis = StoreStallingProvider.redis = TcpProxy()
+    await redis.start()
+    state = RedisState(StateConfig(backend="redis", url=Secret(redis.url), key_prefix=redis_prefix, timeout=30.0))
+    engine = Engine(Runtime.build(load_config_text(STORED, env={})), cache=RedisCache(state, max_entries=10))
+    request = ChatRequest.from_prompt("a question", temperature=0)
+    got: list[str] = []
+
+    async def ask() -> None:
+        if stream:
+            async for chunk in engine.stream(request):
+                got.append(chunk.text)
+        else:
+            got.append((await engine.complete(request)).text or "")
+
+    try:
+        client = asyncio.create_task(ask())
+        await eventually(lambda: redis.connections == 2)  # the lookup's connection (cut), then the store's: it waits
+        assert engine.metrics.total_requests == 0  # the answer is not counted before it is stored
+        client.cancel()  # the client gives up
+        await asyncio.gather(client, return_exceptions=True)
+        assert client.cancelled()
+        # a stream's text is all out, but not its end (`[DONE]`, `message_stop`, the MCP result): the fronts send
+        # that once the engine stream ends, after the store
+        assert got == (["a whole", " answer"] if stream else [])
+        assert request_counts_of(engine) == (1, 0, 0, 1, 0)  # cancelled, as logged: not a success
+        snap = engine.metrics_snapshot()
+        assert snap["models"]["default"]["cancelled"] == 1 and snap["stream_requests"] == int(stream)
+        assert snap["provider_usage"] == {"storing": 1} and snap["errors_by_kind"] == {}  # the attempt answered
+        assert snap["streams_truncated"] == 0
+        assert (snap["cache"]["hits"], snap["cache"]["misses"]) == (0, 1)
+    finally:
+        StoreStallingProvider.redis = None
         await engine.aclose()
         await redis.stop()
     assert statuses(request_log) == ["cancelled"]
