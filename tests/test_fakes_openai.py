@@ -26,6 +26,7 @@ from tests.fakes import (
     openai_tool_call,
     tool_reply,
 )
+from tests.fakes.openai_fake import NO_API_KEY
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 GO_DURATION = re.compile(r"^(\d+(?:\.\d+)?(?:h|ms|m|s))+$")
@@ -233,16 +234,51 @@ async def test_html_502_is_internal_server_error_with_text_body(openai_fake: Ope
     assert "502 Bad Gateway" in caught.value.response.text
 
 
-async def test_missing_or_wrong_api_key_is_401() -> None:
+NO_KEY = {"Authorization": openai.omit}  # a request without the header (an SDK client cannot be made without a key)
+
+
+@pytest.mark.parametrize("expected_key", [None, "right-key"], ids=["any-key", "one-key"])
+async def test_a_missing_api_key_is_a_401_with_no_code_and_a_wrong_one_is_invalid_api_key(
+    expected_key: str | None,
+) -> None:
+    async with OpenAIFake(api_key=expected_key) as fake, sdk(fake) as client:
+        with pytest.raises(openai.AuthenticationError) as chat:
+            await client.chat.completions.create(model="m", messages=MESSAGES, extra_headers=NO_KEY)
+        with pytest.raises(openai.AuthenticationError) as models:
+            await client.models.list(extra_headers=NO_KEY)
+        if expected_key is not None:
+            with pytest.raises(openai.AuthenticationError) as wrong:
+                await client.chat.completions.create(model="m", messages=MESSAGES)  # `test-key`
+            assert (wrong.value.code, wrong.value.type) == ("invalid_api_key", "invalid_request_error")
+            assert "test-key" not in wrong.value.message
+        sent = [request.header("authorization") for request in fake.requests]
+    assert sent[:2] == [None, None] and sent[2:] == (["Bearer test-key"] if expected_key else [])
+    for caught in (chat, models):  # as the real API answers a missing key
+        assert caught.value.status_code == 401 and caught.value.code is None
+        assert caught.value.body == {
+            "message": NO_API_KEY,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    assert NO_API_KEY.startswith("You didn't provide an API key. You need to provide your API key in an Authorization")
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer", "Bearer "])
+async def test_an_authorization_header_naming_no_key_is_a_missing_api_key(authorization: str) -> None:
     async with OpenAIFake(api_key="right-key") as fake:
+        status, _, raw = await post_raw(fake, {"model": "m", "messages": MESSAGES}, {"Authorization": authorization})
+    assert status == 401
+    assert json.loads(raw) == {
+        "error": {"message": NO_API_KEY, "type": "invalid_request_error", "param": None, "code": None}
+    }
+
+
+async def test_a_compatible_persona_keeps_its_own_code_for_a_missing_key() -> None:
+    async with OpenAIFake("vllm", api_key="right-key") as fake:
         status, _, raw = await post_raw(fake, {"model": "m", "messages": MESSAGES}, {"Authorization": ""})
-        assert status == 401
-        async with sdk(fake) as client:
-            with pytest.raises(openai.AuthenticationError) as caught:
-                await client.chat.completions.create(model="m", messages=MESSAGES)
-    assert json.loads(raw)["error"]["type"] == "invalid_request_error"
-    assert caught.value.code == "invalid_api_key"
-    assert "test-key" not in caught.value.message
+    assert status == 401
+    assert json.loads(raw)["error"]["code"] == 401  # vLLM's code is the status: only the `openai` persona has none
 
 
 async def test_invalid_body_is_400(openai_fake: OpenAIFake) -> None:

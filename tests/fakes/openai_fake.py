@@ -5,9 +5,11 @@ Routes: `POST /v1/chat/completions`, `GET /v1/models`; anything else is a 404 in
 `base_url` is `http://127.0.0.1:PORT/v1`, as SDK clients expect. Every request is recorded in `.requests`.
 
 With an empty script the answer is `DEFAULT_OPENAI_TEXT` ("Hello from the fake OpenAI.", streamed in three pieces
-when the request has `"stream": true`). The `openai` persona rejects a request without an `Authorization` header
-(401); any key is accepted unless `api_key=` is given. Personas send no `x-request-id` / `x-ratelimit-*` / `openai-*`
-headers (like the real servers) and check the key only when `api_key=` is given.
+when the request has `"stream": true`). The `openai` persona rejects a request without an API key (no
+`Authorization` header, or one naming no key) as the real API does: 401, `You didn't provide an API key...`,
+`invalid_request_error`, no code. Any key is accepted unless `api_key=` is given; a wrong one is a 401 with code
+`invalid_api_key`. Personas send no `x-request-id` / `x-ratelimit-*` / `openai-*` headers (like the real servers)
+and check the key only when `api_key=` is given.
 """
 
 from __future__ import annotations
@@ -26,12 +28,28 @@ from tests.fakes.server import FakeServer, RecordedRequest
 
 DEFAULT_OPENAI_TEXT = "Hello from the fake OpenAI."
 DEFAULT_OPENAI_REPLY = ModelReply(text=("Hello", " from the fake", " OpenAI."))
+NO_API_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth"
+    " (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the"
+    " API from your browser and are prompted for a username and password. You can obtain an API key from"
+    " https://platform.openai.com/account/api-keys."
+)
 
 
 @dataclass(frozen=True)
-class InvalidUrl(ErrorReply):
-    """The 404 for a route the fake does not serve. The real OpenAI API answers an unknown URL with `code: null`,
-    not the `model_not_found` its 404 otherwise carries."""
+class NullCode(ErrorReply):
+    """An error the real OpenAI API answers with `code: null`, not the code its status otherwise carries (which
+    `openai_wire.error_body` fills in for a None `code`)."""
+
+
+@dataclass(frozen=True)
+class InvalidUrl(NullCode):
+    """The 404 for a route the fake does not serve (not `model_not_found`)."""
+
+
+@dataclass(frozen=True)
+class MissingApiKey(NullCode):
+    """The 401 for a request without an API key (not `invalid_api_key`, which is for a wrong key)."""
 
 
 class OpenAIFake(FakeServer):
@@ -74,16 +92,10 @@ class OpenAIFake(FakeServer):
 
     def _authentication_error(self, record: RecordedRequest) -> ErrorReply | None:
         authorization = record.header("authorization")
-        if authorization is None:
+        if authorization is None or authorization.strip() in ("", "Bearer"):  # no key (`Bearer ` names none)
             if not self.persona.requires_api_key and self.api_key is None:
                 return None
-            return ErrorReply(
-                401,
-                type="invalid_request_error",
-                code=None,
-                message="You didn't provide an API key. You need to provide your API key in an Authorization header"
-                " using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            )
+            return MissingApiKey(401, type="invalid_request_error", message=NO_API_KEY)
         if self.api_key is not None and authorization != f"Bearer {self.api_key}":
             return ErrorReply(401, type="invalid_request_error", code="invalid_api_key")
         return None
@@ -127,7 +139,7 @@ class OpenAIFake(FakeServer):
 
     def error_json(self, error: ErrorReply, headers: Mapping[str, str]) -> Any:
         body = openai_wire.error_body(self.persona, error)
-        if isinstance(error, InvalidUrl) and self.persona.name == "openai":
+        if isinstance(error, NullCode) and self.persona.name == "openai":
             body["error"]["code"] = None
         return body
 
