@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status
 
-from proxy.otel_fast import FastSpan
+from proxy.otel_fast import _UNSET, FastSpan
 
 __all__ = ["FastOTLPSpanExporter", "encode_spans"]
 
@@ -31,6 +31,9 @@ _double = struct.Struct("<d").pack
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _times = struct.Struct("<BQBQ").pack  # a span's start and end: two fixed64 fields
+_root_ids = struct.Struct(">2sQQ2sQ").pack  # trace id (two big-endian halves), span id
+_child_ids = struct.Struct(">2sQQ2sQ2sQ").pack  # and the parent's span id
+_LOW64 = (1 << 64) - 1
 _KIND = {
     kind: b"\x30" + bytes((number,))
     for kind, number in (
@@ -57,6 +60,8 @@ _FLAGS = (b"\x85\x01" + _fixed32(0x100), b"\x85\x01" + _fixed32(0x300))  # paren
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:  # lengths of spans and most messages: two bytes
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -193,10 +198,19 @@ def _status(status: Status) -> bytes:
 
 
 def _finished(span: FastSpan) -> bytes:
-    """`_span` for the proxy's own spans, from their fields (no links, nothing dropped), with their attribute
-    block's bytes made once (`AttributeBlock`)."""
-    parent = span._parent
-    parts = _head(span._context, parent, span._name, span._kind)
+    """A `Span` field (tag, length, message) for one of the proxy's own spans, from its fields: no links, nothing
+    dropped, its attribute block's bytes made once (`AttributeBlock`), ids and times packed in one call each."""
+    context, parent = span._context, span._parent
+    trace_id, span_id, _, _, state, _ = context  # a SpanContext is a tuple: unpacked, not through its properties
+    if state:  # a client's tracestate (rare): the general head
+        parts = _head(context, parent, span._name, span._kind)
+    elif parent is None:
+        parts = [_root_ids(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", span_id)]
+        parts.append(_name_kind(span._name, span._kind))
+    else:
+        high, low = trace_id >> 64, trace_id & _LOW64
+        parts = [_child_ids(b"\x0a\x10", high, low, b"\x12\x08", span_id, b"\x22\x08", parent[1])]
+        parts.append(_name_kind(span._name, span._kind))
     parts.append(_times(0x39, span._start_time, 0x41, span._end_time))
     block, attributes = span._block, span._attributes
     if block is None:
@@ -213,8 +227,13 @@ def _finished(span: FastSpan) -> bytes:
     for event in span._events:
         body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
         parts.append(_field(b"\x5a", body))
-    parts.append(_status(span._status))
+    status = span._status
+    parts.append(_STATUS_UNSET if status is _UNSET else _status(status))
     parts.append(_FLAGS[parent is not None and parent.is_remote])
+    size = 0
+    for part in parts:
+        size += len(part)
+    parts[0] = b"\x12" + _varint(size) + parts[0]
     return b"".join(parts)
 
 
@@ -273,8 +292,11 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
                 entry = grouped[id(resource)] = (resource, {})
             encoded = entry[1].setdefault(scope, [])
             last_resource, last_scope = resource, scope
-        body = _finished(span) if type(span) is FastSpan else _span(span)
-        encoded.append(b"\x12" + _varint(len(body)) + body)
+        if type(span) is FastSpan:
+            encoded.append(_finished(span))
+        else:
+            body = _span(span)
+            encoded.append(b"\x12" + _varint(len(body)) + body)
     out = []
     for resource, scopes in grouped.values():
         body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
