@@ -15,6 +15,8 @@ Rules kept here:
   cleanly. A cache backend that fails is logged and skipped, never failing the request; a client that goes away
   during the lookup, or while its answer is stored (a complete answer it has not got yet, a stream before its
   end), makes a cancelled request (below): a request is counted as a success only once its store is done;
+- a request is counted once its attempt's rate-limit lease is released too: with limits kept in Redis that is a
+  round trip (`Admitted.succeed`), and a client that goes away during it makes a cancelled request;
 - streams have a commit point: until the first content chunk, failures are retried or fall back invisibly (the
   dispatch does it); after it, a failure ends the stream with `StreamInterrupted` carrying the partial text,
   counted as truncated, never cached and never a clean end;
@@ -418,10 +420,10 @@ class Engine:
         (the caller counts it with `_record(now=)` at the answer's time, once it is stored)."""
         try:
             response, admitted = await dispatch.run(_complete)
-        except BaseException as exc:
+            cost = await admitted.succeed(response.usage, response=response)  # with Redis limits: a round trip
+        except BaseException as exc:  # a failure, or its client went away (also while its lease was released)
             self._record(dispatch, started, success=False, cancelled=_cancelled(exc))
             raise
-        cost = await admitted.succeed(response.usage, response=response)
         now = dispatch.runtime.clock()
         if count:
             self._record(dispatch, started, success=True, now=now)
@@ -593,15 +595,15 @@ class EngineStream:
                 engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
                 raise
             response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
-            cost = await admitted.succeed(response.usage, first_token_at=first_token_at, response=response)
-            now = runtime.clock()
-            self.response = engine._finish(response, admitted, dispatch, cost, started, now)
-            if key is not None:
-                try:
+            try:
+                cost = await admitted.succeed(response.usage, first_token_at=first_token_at, response=response)
+                now = runtime.clock()
+                self.response = engine._finish(response, admitted, dispatch, cost, started, now)
+                if key is not None:
                     await engine._cache_set(key, self.response, ttl)
-                except BaseException as exc:  # cancelled while the answer was stored: the stream never ended
-                    engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
-                    raise
+            except BaseException as exc:  # cancelled while its lease was released or its answer stored: no end yet
+                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
+                raise
             engine._record(dispatch, started, success=True, until=first_token_at, now=now)
         except BaseException as exc:
             _failed(exc, request, runtime, started, trace, stream=True, truncated=truncated)

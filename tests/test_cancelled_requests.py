@@ -4,7 +4,8 @@ upstream error, and logged with status `cancelled`. Through both HTTP fronts (a 
 after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`), for a stream
 replayed from the response cache (memory and Redis) that its client leaves partway, and for a request cancelled
 while the engine waits on Redis: its cache lookup, or the store of its answer (a whole answer the client has not
-got, or a stream whose text is all out but that has not ended)."""
+got, or a stream whose text is all out but that has not ended), or the release of its rate-limit lease (limits
+kept in Redis)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from proxy.engine import Engine
 from proxy.fronts import anthropic_api, openai_api
 from proxy.fronts.mcp_server import McpFront
 from proxy.policies.redis_cache import RedisCache
+from proxy.policies.redis_ratelimit import RedisLimiter
 from proxy.policies.redis_state import RedisState
 from proxy.providers.base import Provider
 from proxy.runtime import Runtime
@@ -334,4 +336,81 @@ async def test_a_request_cancelled_while_its_answer_is_stored_in_redis_is_a_canc
         StoreStallingProvider.redis = None
         await engine.aclose()
         await redis.stop()
+    assert statuses(request_log) == ["cancelled"]
+
+
+class ReleaseStallingProvider(Provider):
+    """Answers at once, after making Redis unresponsive (`TcpProxy.blackhole()` on `redis`): its concurrency slot
+    was taken in Redis before the call, and giving it back after the answer (`Admitted.succeed`) waits."""
+
+    redis: TcpProxy | None = None
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        assert ReleaseStallingProvider.redis is not None
+        await ReleaseStallingProvider.redis.blackhole()
+        return ChatResponse(text="a whole answer", finish_reason="stop", usage=Usage(3, 4), model=model)
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
+        assert ReleaseStallingProvider.redis is not None
+        await ReleaseStallingProvider.redis.blackhole()
+        yield StreamChunk(text="a whole")
+        yield StreamChunk(text=" answer", finish_reason="stop", usage=Usage(3, 4))
+
+
+LIMITED = """
+version: 1
+providers:
+  limited:
+    type: python
+    class: "tests.test_cancelled_requests:ReleaseStallingProvider"
+    limits: {concurrency: 1}
+retry: {max_attempts: 1}
+cache: {backend: CACHE}
+state: {backend: redis, url: URL, key_prefix: PREFIX, timeout: 30s}
+models:
+  default: {targets: [{provider: limited, model: limited-1}]}
+"""
+
+
+@needs_redis
+@pytest.mark.parametrize("cache", ["none", "memory"])  # memory: the cacheable path counts its request itself
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_request_cancelled_while_its_rate_limit_lease_is_released_in_redis_is_a_cancelled_request(
+    stream, cache, request_log, redis_prefix
+):
+    redis = ReleaseStallingProvider.redis = TcpProxy()
+    await redis.start()
+    config = LIMITED.replace("CACHE", cache).replace("URL", redis.url).replace("PREFIX", redis_prefix)
+    engine = Engine(Runtime.build(load_config_text(config, env={})))
+    assert isinstance(engine.runtime.limiters["limited"], RedisLimiter)  # its slots are kept in Redis
+    request = ChatRequest.from_prompt("a question", temperature=0)
+    got: list[str] = []
+
+    async def ask() -> None:
+        if stream:
+            async for chunk in engine.stream(request):
+                got.append(chunk.text)
+        else:
+            got.append((await engine.complete(request)).text or "")
+
+    try:
+        client = asyncio.create_task(ask())
+        # the attempt is counted as answered, then its slot is given back to Redis, which does not answer
+        await eventually(lambda: engine.metrics_snapshot()["provider_usage"] == {"limited": 1})
+        assert engine.metrics.total_requests == 0  # the request is not counted before its lease is released
+        client.cancel()  # the client gives up
+        await asyncio.gather(client, return_exceptions=True)
+        assert client.cancelled()
+        assert got == (["a whole", " answer"] if stream else [])  # a stream's text is out, not its end
+        assert request_counts_of(engine) == (1, 0, 0, 1, 0)  # cancelled, as logged: counted, and not a success
+        snap = engine.metrics_snapshot()
+        assert snap["models"]["default"]["cancelled"] == 1 and snap["stream_requests"] == int(stream)
+        assert snap["errors_by_kind"] == {} and snap["streams_truncated"] == 0
+    finally:
+        ReleaseStallingProvider.redis = None
+        await redis.stop()  # first: the release still waiting on Redis fails at once, not after `timeout`
+        await engine.aclose()
     assert statuses(request_log) == ["cancelled"]
