@@ -18,7 +18,9 @@ Their OTLP encoding is proxy/otlp_encode.py.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import random
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -30,6 +32,7 @@ from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -46,37 +49,20 @@ _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
 _BAGGAGE_KEY = next(iter(baggage.set_baggage("k", "v", Context())))  # where a `Context` holds its baggage
 
 
-def _batch_queue(processors: Any) -> Any:
-    """A function putting a finished span into the queue of a lone `BatchSpanProcessor` among `processors`, else None.
-
-    What the batch's `emit` does, minus its fork check: `os.getpid()` on every span, a system call that took ~9 % of
-    the loaded proxy's Python time in py-spy samples here (four spans per request). A forked child is still covered:
-    the processor re-initialises itself through `os.register_at_fork`, and this reads its (then new) queue and event
-    on every call. A shut-down processor or a full queue take `emit` itself (its warning, its dropped count)."""
+def _lone_batch(processors: Any) -> Any:
+    """The batch behind a lone `BatchSpanProcessor` among `processors`, when it has the fields `Recorder.finished`
+    uses; else None."""
     if not (isinstance(processors, tuple) and len(processors) == 1 and type(processors[0]) is BatchSpanProcessor):
         return None
     batch = getattr(processors[0], "_batch_processor", None)
-    emit = getattr(batch, "emit", None)
-    if not callable(emit):
-        return None
     try:
-        limit, size = batch._max_queue_size, batch._max_export_batch_size
-        queue, _, _ = batch._queue, batch._shutdown, batch._worker_awaken.is_set
+        fields = (batch._queue, batch._shutdown, batch._worker_awaken.is_set, batch.emit)  # type: ignore[union-attr]
+        limit, size = batch._max_queue_size, batch._max_export_batch_size  # type: ignore[union-attr]
     except AttributeError:
-        return emit
-    if type(queue) is not collections.deque or not isinstance(limit, int) or not isinstance(size, int):
-        return emit
-
-    def put(span: ReadableSpan) -> None:
-        queue = batch._queue
-        if batch._shutdown or len(queue) >= limit:
-            emit(span)
-            return
-        queue.appendleft(span)
-        if len(queue) >= size and not (awaken := batch._worker_awaken).is_set():
-            awaken.set()
-
-    return put
+        return None
+    if type(fields[0]) is not collections.deque or not isinstance(limit, int) or not isinstance(size, int):
+        return None
+    return batch
 
 
 def _ratio_root_bound(sampler: Any) -> int | None:
@@ -227,26 +213,54 @@ class Recorder:
     A finished span goes to the provider's span processors; when the only one is a `BatchSpanProcessor`, straight
     into its queue (what its `on_end` does for a sampled span, which ours always are, minus two calls and checks)."""
 
-    __slots__ = ("_ids", "_multi", "_queue_for", "_queue_put", "_root_bound", "_sampler", "resource", "scope")
+    __slots__ = (
+        "_batch",
+        "_batch_for",
+        "_ids",
+        "_multi",
+        "_root_bound",
+        "_sampler",
+        "_span_id",
+        "_trace_id",
+        "resource",
+        "scope",
+    )
 
     def __init__(self, provider: TracerProvider, scope: InstrumentationScope) -> None:
         self._sampler = provider.sampler
         self._root_bound = _ratio_root_bound(provider.sampler)
         self._ids = provider.id_generator
+        # The default generator's ids, minus its call and loop (a zero id, invalid, is drawn again by the generator).
+        default = type(self._ids) is RandomIdGenerator
+        self._span_id = functools.partial(random.getrandbits, 64) if default else self._ids.generate_span_id
+        self._trace_id = functools.partial(random.getrandbits, 128) if default else self._ids.generate_trace_id
         self.resource = provider.resource
         self._multi = provider._active_span_processor  # the SDK's one entry point for finished spans
-        self._queue_for: Any = None  # the processors tuple `_queue_put` was found for
-        self._queue_put: Any = None
+        self._batch_for: Any = None  # the processors tuple `_batch` was found for
+        self._batch: Any = None
         self.scope = scope
 
     def finished(self, span: FastSpan) -> None:
-        processors = getattr(self._multi, "_span_processors", None)
-        if processors is not self._queue_for:  # first span, or a processor was added since
-            self._queue_for, self._queue_put = processors, _batch_queue(processors)
-        if self._queue_put is not None:
-            self._queue_put(span)
-        else:
+        """Hand `span` to the provider's processors. A lone `BatchSpanProcessor` gets it straight into its queue:
+        what its `emit` does, minus its fork check (`os.getpid()`, a system call on every span). A forked child is
+        still covered: the processor re-initialises itself through `os.register_at_fork`, and the queue and event
+        are read from it on every call. A full queue or a shut-down processor take `emit` itself (its warning, its
+        dropped count)."""
+        batch = self._batch
+        if getattr(self._multi, "_span_processors", None) is not self._batch_for:  # first span, or one was added
+            processors = getattr(self._multi, "_span_processors", None)
+            batch = self._batch = _lone_batch(processors)
+            self._batch_for = processors
+        if batch is None:
             self._multi.on_end(span)
+            return
+        queue = batch._queue
+        if batch._shutdown or len(queue) >= batch._max_queue_size:
+            batch.emit(span)
+            return
+        queue.appendleft(span)
+        if len(queue) >= batch._max_export_batch_size and not (awaken := batch._worker_awaken).is_set():
+            awaken.set()
 
     @staticmethod
     def for_provider(provider: trace.TracerProvider, scope: InstrumentationScope) -> Recorder | None:
@@ -269,11 +283,11 @@ class Recorder:
         if type(parent_span) is FastSpan:  # ours, so recorded: so is its child
             return self.child(name, parent_span, kind, attributes, block)
         if parent_span is None and self._root_bound is not None:  # a root under the default sampler
-            trace_id = self._ids.generate_trace_id()
+            trace_id = self._trace_id() or self._ids.generate_trace_id()  # 0 is invalid: drawn again
             if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._root_bound:
                 span_id = self._ids.generate_span_id()
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(0), DEFAULT_TRACE_STATE))
-            span_context = _span_context(trace_id, self._ids.generate_span_id(), DEFAULT_TRACE_STATE)
+            span_context = _span_context(trace_id, self._span_id() or self._ids.generate_span_id(), DEFAULT_TRACE_STATE)
             return FastSpan(self, name, span_context, None, kind, attributes or {}, block)
         parent = trace.get_current_span(context).get_span_context()
         trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
@@ -302,8 +316,9 @@ class Recorder:
         if type(parent) is not FastSpan:
             return self.start(name, trace.set_span_in_context(parent), kind, attributes, block)
         context = parent._context
-        span_context = _span_context(context.trace_id, self._ids.generate_span_id(), context.trace_state)
-        return FastSpan(self, name, span_context, context, kind, attributes or {}, block)
+        span_id = self._span_id() or self._ids.generate_span_id()  # 0 is the invalid id (one chance in 2**64)
+        ours = tuple.__new__(SpanContext, (context[0], span_id, False, _SAMPLED, context[4], True))  # _span_context
+        return FastSpan(self, name, ours, context, kind, attributes or {}, block)  # type: ignore[arg-type]
 
 
 # --- trace context to the upstream ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config.model import (
@@ -80,6 +80,8 @@ class PlannedTarget:
     price: PriceConfig | None
     limiter: LimiterChain
     breaker: CircuitBreaker
+    # The attributes of this target's attempt spans that never change, made on first use (proxy/spans.py).
+    span_blocks: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def provider(self) -> str:
@@ -96,6 +98,8 @@ class ModelPlan:
     targets: tuple[PlannedTarget, ...]
     router: Router
     cache_scope: str  # the model's name plus a hash of its settings: part of the response-cache key
+    # The attributes of this plan's routing spans that never change, made on first use (proxy/spans.py).
+    span_blocks: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _price(provider: ProviderConfig, model: str) -> PriceConfig | None:

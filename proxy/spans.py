@@ -44,23 +44,9 @@ __all__ = ["RequestTrace", "error_type"]
 
 MAX_STATUS_TEXT = 500
 _servers: dict[str, tuple[str, int] | None] = {}
-MAX_BLOCKS = 1024
-# The attributes that are the same for every request through one plan or target (or config version), made once:
-# keyed by the owner's id and a flag, holding the owner so that a reused id is not mistaken for it. Bounded, then
-# started afresh: a reload makes new plans and targets.
-_blocks: dict[tuple[int, Any], tuple[object, AttributeBlock]] = {}
-
-
-def _block(owner: object, flag: Any) -> AttributeBlock | None:
-    found = _blocks.get((id(owner), flag))
-    return found[1] if found is not None and found[0] is owner else None
-
-
-def _keep(owner: object, flag: Any, attributes: dict[str, Any]) -> AttributeBlock:
-    if len(_blocks) >= MAX_BLOCKS:
-        _blocks.clear()
-    block = _blocks[id(owner), flag] = (owner, AttributeBlock(attributes))
-    return block[1]
+MAX_VERSIONS = 64
+# The request span's attributes that never change for one config version: by whether it streams, then the version.
+_request_blocks: tuple[dict[str, AttributeBlock], dict[str, AttributeBlock]] = ({}, {})
 
 
 def error_type(error: BaseException) -> str:
@@ -163,9 +149,14 @@ class RequestTrace:
     def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, config_version: str) -> None:
         self.child = tracing.start_child
         self.capture = tracing.capture_content
-        block = _block(config_version, stream) or _keep(
-            config_version, stream, {"proxy.stream": stream, "proxy.config.version": config_version}
-        )
+        blocks = _request_blocks[stream]
+        block = blocks.get(config_version)
+        if block is None:
+            if len(blocks) >= MAX_VERSIONS:  # reloads make new versions
+                blocks.clear()
+            block = blocks[config_version] = AttributeBlock(
+                {"proxy.stream": stream, "proxy.config.version": config_version}
+            )
         attributes: dict[str, Any] = {}
         if request.model:
             attributes["proxy.model.requested"] = request.model
@@ -185,12 +176,12 @@ class RequestTrace:
         fallback = position > 0
         if not fallback:
             self.span.set_attribute("proxy.route", plan.model.name)
-        block = _block(plan, fallback)
+        block = plan.span_blocks.get(fallback)
         if block is None:
             attributes = {"proxy.route": plan.model.name, "proxy.routing.strategy": plan.model.strategy}
             if fallback:
                 attributes["proxy.routing.fallback_model"] = True
-            block = _keep(plan, fallback, attributes)
+            block = plan.span_blocks[fallback] = AttributeBlock(attributes)
         return self.child("proxy.route", self.span, SpanKind.INTERNAL, {}, block)
 
     def end_route(self, span: trace.Span, plan: ModelPlan, order: list[int], available: list[bool]) -> None:
@@ -207,7 +198,9 @@ class RequestTrace:
         self, target: PlannedTarget, request: ChatRequest, *, attempt: int, fallback_index: int, waited: float
     ) -> trace.Span:
         """The CLIENT span of one upstream call; make it current (`enter`) while the call is sent."""
-        block = _block(target, request.stream) or _keep(target, request.stream, _target_attributes(target, request))
+        block = target.span_blocks.get(request.stream)
+        if block is None:
+            block = target.span_blocks[request.stream] = AttributeBlock(_target_attributes(target, request))
         attributes: dict[str, Any] = {
             "proxy.attempt": attempt,
             "proxy.fallback_index": fallback_index,

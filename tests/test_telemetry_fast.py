@@ -114,7 +114,7 @@ def test_a_lone_batch_processor_gets_spans_straight_into_its_queue():
     tracing = Tracing(provider)
     tracing.start_span("first").end()
     recorder = tracing.start_span.__self__
-    assert recorder._queue_put is not None  # else every span takes the processors' longer path
+    assert recorder._batch is not None  # else every span takes the processors' longer path
     also = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(also))  # added later: both see the next span
     tracing.start_span("second").end()
