@@ -577,9 +577,11 @@ class EngineStream:
                         assembler.add(chunk)
                         yield chunk
             except ProxyError as exc:
+                # counted first: the cleanup awaits (with Redis limits, a round trip), and its client may go away
+                engine._record(dispatch, started, success=False, truncated=True, until=first_token_at)
+                truncated = True
                 await opened.aclose()
                 await admitted.fail(exc)
-                engine._record(dispatch, started, success=False, truncated=True, until=first_token_at)
                 partial = assembler.response().text or ""
                 error = StreamInterrupted(
                     f"the stream from `{admitted.target.label}` broke after {len(partial)} characters of output: {exc}",
@@ -587,12 +589,12 @@ class EngineStream:
                     partial_text=partial,
                 )
                 error.attempts = dispatch.attempts  # type: ignore[attr-defined]
-                truncated = True
                 raise error from exc
             except BaseException as exc:  # the client went away (GeneratorExit, cancellation), or a bug
+                # counted first: the cleanup awaits, and a cancel scope (anyio: the MCP SDK's) cancels it again
+                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
                 await opened.aclose()
                 await admitted.abandon()
-                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
                 raise
             response = assembler.response(provider=admitted.target.provider, model=admitted.target.model)
             try:

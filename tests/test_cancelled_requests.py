@@ -5,7 +5,8 @@ after the first chunk, or before a whole answer) and the MCP front (a cancelled 
 replayed from the response cache (memory and Redis) that its client leaves partway, and for a request cancelled
 while the engine waits on Redis: its cache lookup, or the store of its answer (a whole answer the client has not
 got, or a stream whose text is all out but that has not ended), or the release of its rate-limit lease (limits
-kept in Redis)."""
+kept in Redis). A stream's cleanup after its client left or its upstream broke (giving its lease back to Redis)
+may be cancelled again (the MCP SDK's cancel scope does it): the request is counted before it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config import load_config_text
 from proxy.config.model import Secret, StateConfig
 from proxy.engine import Engine
+from proxy.errors import UpstreamServerError
 from proxy.fronts import anthropic_api, openai_api
 from proxy.fronts.mcp_server import McpFront
 from proxy.policies.redis_cache import RedisCache
@@ -414,3 +416,86 @@ async def test_a_request_cancelled_while_its_rate_limit_lease_is_released_in_red
         await redis.stop()  # first: the release still waiting on Redis fails at once, not after `timeout`
         await engine.aclose()
     assert statuses(request_log) == ["cancelled"]
+
+
+LIMITED_STALLING = (
+    CONFIG.replace('StallingProvider"}', 'StallingProvider", limits: {concurrency: 2}}')
+    + "state: {backend: redis, url: %s, key_prefix: %s}\n"
+)
+
+
+@needs_redis
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_cancelled_mcp_tool_call_with_limits_in_redis_is_a_cancelled_request(stream, request_log, redis_prefix):
+    """The SDK cancels the call with an anyio cancel scope, which cancels every await under it again: also the
+    stream's cleanup that gives its concurrency slot back to Redis. The request was counted after it (so not at all);
+    it is counted before it now."""
+    engine = Engine(Runtime.build(load_config_text(LIMITED_STALLING % (REDIS_URL, redis_prefix), env={"TOKEN": TOKEN})))
+    assert isinstance(engine.runtime.limiters["stalling"], RedisLimiter)
+    front = McpFront(engine)
+    try:
+        async with Client(front.server) as client:
+            async with anyio.create_task_group() as tasks:
+                arguments = {"prompt": "x", "stream": stream}
+                tasks.start_soon(lambda: client.call_tool("complete_text", arguments))
+                await eventually(lambda: StallingProvider.started == 1)
+                tasks.cancel_scope.cancel()  # the client gives up: the SDK cancels the request
+            await eventually(lambda: StallingProvider.ended == 1 and not front.in_flight)
+            assert_one_cancelled(engine)
+            stalling = next(entry for entry in await engine.list_providers() if entry["name"] == "stalling")
+            assert stalling["limits"]["headroom"]["in_flight"] == 0  # its slot came back
+    finally:
+        await engine.aclose()
+    assert statuses(request_log) == ["cancelled"]
+
+
+class BreakingProvider(Provider):
+    """Streams one chunk, makes Redis unresponsive (`TcpProxy.blackhole()` on `redis`), then its stream breaks:
+    giving its concurrency slot back to Redis (`Admitted.fail`) waits."""
+
+    redis: TcpProxy | None = None
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        raise AssertionError("streams only")
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
+        assert BreakingProvider.redis is not None
+        yield StreamChunk(text="Hello")
+        await BreakingProvider.redis.blackhole()
+        raise UpstreamServerError("the connection broke", provider=self.name)
+
+
+BREAKING = LIMITED.replace("ReleaseStallingProvider", "BreakingProvider")
+
+
+@needs_redis
+async def test_a_stream_broken_upstream_is_counted_truncated_even_if_cancelled_during_its_cleanup(
+    request_log, redis_prefix
+):
+    redis = BreakingProvider.redis = TcpProxy()
+    await redis.start()
+    config = BREAKING.replace("CACHE", "none").replace("URL", redis.url).replace("PREFIX", redis_prefix)
+    engine = Engine(Runtime.build(load_config_text(config, env={})))
+    got: list[str] = []
+
+    async def ask() -> None:
+        async for chunk in engine.stream(ChatRequest.from_prompt("a question")):
+            got.append(chunk.text)
+
+    try:
+        client = asyncio.create_task(ask())
+        # the broken attempt is counted, then its slot is given back to Redis, which does not answer
+        await eventually(lambda: engine.metrics_snapshot()["provider_errors"] == {"limited": 1})
+        client.cancel()  # the client gives up during that cleanup
+        await asyncio.gather(client, return_exceptions=True)
+        assert client.cancelled() and got == ["Hello"]
+        assert request_counts_of(engine) == (1, 0, 1, 0, 0)  # a failed request, as logged: not uncounted
+        assert engine.metrics_snapshot()["streams_truncated"] == 1
+    finally:
+        BreakingProvider.redis = None
+        await redis.stop()  # first: the release still waiting on Redis fails at once, not after `timeout`
+        await engine.aclose()
+    assert statuses(request_log) == ["truncated"]
