@@ -388,6 +388,8 @@ OPENAI_ERROR_CASES = [
         "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
     ),
     ErrorCase("401", 401, UpstreamAuthError, ErrorKind.AUTH, message="Incorrect API key provided:"),
+    # never from OpenAI itself; OpenAI-compatible servers (OpenRouter, DeepSeek) send it when the account cannot pay
+    ErrorCase("402", 402, UpstreamPermissionError, ErrorKind.PERMISSION, message="Insufficient credits."),
     ErrorCase("403", 403, UpstreamPermissionError, ErrorKind.PERMISSION),
     ErrorCase("404", 404, UpstreamNotFound, ErrorKind.NOT_FOUND),
     ErrorCase("408", 408, UpstreamServerError, ErrorKind.SERVER),
@@ -417,6 +419,7 @@ ANTHROPIC_ERROR_CASES = [
         message="input length and `max_tokens` exceed context limit: 188240 + 21333 > 200000",
     ),
     ErrorCase("401", 401, UpstreamAuthError, ErrorKind.AUTH, message="invalid x-api-key"),
+    ErrorCase("402", 402, UpstreamPermissionError, ErrorKind.PERMISSION, message="Your credit balance is too low"),
     ErrorCase("403", 403, UpstreamPermissionError, ErrorKind.PERMISSION),
     ErrorCase("404", 404, UpstreamNotFound, ErrorKind.NOT_FOUND),
     ErrorCase("408", 408, UpstreamServerError, ErrorKind.SERVER),

@@ -578,6 +578,7 @@ async def test_transport_can_be_used_after_aclose() -> None:
     [
         (400, "bad_request"),
         (401, "auth"),
+        (402, "permission"),
         (403, "permission"),
         (404, "not_found"),
         (408, "server"),

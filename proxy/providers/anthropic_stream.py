@@ -30,6 +30,7 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
+from proxy.providers.http_provider import error_for_status
 from proxy.providers.sse import SseDecoder, SseEvent
 from proxy.types import FinishReason, StreamChunk, ToolCallDelta, Usage
 
@@ -45,26 +46,9 @@ _FINISH_REASONS: Mapping[str, FinishReason] = {
     "refusal": "content_filter",
 }
 
-# HTTP status decides first (it is what retry policies and the SDKs key on); `error.type` decides when the status
-# is unknown, and alone for `event: error` inside a 200 stream. 402 billing_error: the account cannot pay, so
-# retrying is pointless but another provider may work -> permission (fall back, do not retry).
-_ERROR_BY_STATUS: Mapping[int, type[UpstreamError]] = {
-    400: UpstreamBadRequest,
-    401: UpstreamAuthError,
-    402: UpstreamPermissionError,
-    403: UpstreamPermissionError,
-    404: UpstreamNotFound,
-    408: UpstreamServerError,
-    409: UpstreamServerError,
-    413: UpstreamBadRequest,
-    422: UpstreamBadRequest,
-    429: UpstreamRateLimited,
-    500: UpstreamServerError,
-    502: UpstreamServerError,
-    503: UpstreamOverloaded,
-    504: UpstreamServerError,
-    529: UpstreamOverloaded,
-}
+# A 4xx/5xx HTTP status decides (it is what retry policies and the SDKs key on), through `error_for_status`, the
+# one status table (402 billing_error -> permission: fall back, do not retry); `error.type` decides when there is no
+# such status: alone for `event: error` inside a 200 stream.
 _ERROR_BY_TYPE: Mapping[str, type[UpstreamError]] = {
     "invalid_request_error": UpstreamBadRequest,
     "request_too_large": UpstreamBadRequest,
@@ -150,7 +134,7 @@ def upstream_error(
     retry_after: float | None = None,
 ) -> UpstreamError:
     """The `UpstreamError` subclass for an HTTP status (None inside a stream) and an Anthropic `error.type`."""
-    cls = _ERROR_BY_STATUS.get(status) if status is not None else None
+    cls = error_for_status(status) if status is not None and 400 <= status < 600 else None
     if cls is None and error_type is not None:
         cls = _ERROR_BY_TYPE.get(error_type)
     if cls is None:

@@ -6,7 +6,9 @@
 protocol's terminal event, and a stream that breaks off before it raises `StreamInterrupted` carrying the text
 received so far. Closing or cancelling the generator aborts the upstream connection.
 
-`error_for_status(status)` is the single status -> `UpstreamError` subclass table; codecs and the mock use it.
+`error_for_status(status)` is the single status -> `UpstreamError` subclass table; the codecs (OpenAI wire:
+`openai_wire.classify`; Anthropic: `anthropic_stream.upstream_error`) and the mock use it, and refine only what the
+status cannot tell from the body.
 
 No aiohttp here: the transport owns the HTTP client.
 """
@@ -41,7 +43,10 @@ __all__ = ["HttpProvider", "error_for_status"]
 _ERROR_BY_STATUS: dict[int, type[UpstreamError]] = {
     400: UpstreamBadRequest,
     401: UpstreamAuthError,
-    402: UpstreamPermissionError,  # billing: this account cannot; another provider may
+    # 402 billing: this account cannot pay, so retrying is pointless, but another provider may work (fall back, do
+    # not retry). Anthropic's billing_error; OpenAI itself never sends 402 (its quota error is a 429
+    # insufficient_quota), OpenAI-compatible servers do (OpenRouter's credits, DeepSeek's balance).
+    402: UpstreamPermissionError,
     403: UpstreamPermissionError,
     404: UpstreamNotFound,
     408: UpstreamServerError,  # request timeout: retryable
@@ -57,7 +62,8 @@ _ERROR_BY_STATUS: dict[int, type[UpstreamError]] = {
 def error_for_status(status: int) -> type[UpstreamError]:
     """The `UpstreamError` subclass for a non-2xx HTTP status (other 5xx: server; other 4xx: bad request).
 
-    Refinements the status cannot tell (context length, content filter) are the codecs' job, from the body.
+    Refinements the status cannot tell (context length, content filter) are the codecs' job, from the body; a
+    body's error type or code alone decides only when there is no 4xx/5xx status (an error event in a 200 stream).
     """
     cls = _ERROR_BY_STATUS.get(status)
     if cls is not None:

@@ -1,8 +1,10 @@
 """OpenAI wire helpers shared by the codec (`proxy.providers.openai`) and its stream decoder (`openai_stream`).
 
-Error bodies -> `ErrorInfo` (`error_info`) -> an `UpstreamError` class (`classify`, by HTTP status, then the body's
-`code`/`type`, never by message text); reply pieces (`decode_tool_calls`, `message_text`); and small readers for
-headers, bounded body excerpts and loosely typed JSON values. Pure functions, no I/O.
+Error bodies -> `ErrorInfo` (`error_info`) -> an `UpstreamError` class (`classify`: a 4xx/5xx status decides
+through `http_provider.error_for_status`, the one status table, and the body's `code`/`type` only refine a bad
+request; without such a status the `code`/`type` decide; never by message text); reply pieces
+(`decode_tool_calls`, `message_text`); and small readers for headers, bounded body excerpts and loosely typed JSON
+values. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -24,24 +26,12 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
+from proxy.providers.http_provider import error_for_status
 from proxy.types import ToolCall
 
 EXCERPT_CHARS = 200
 MAX_MESSAGE_CHARS = 1000
 
-_STATUS_ERRORS: Mapping[int, type[UpstreamError]] = {
-    400: UpstreamBadRequest,
-    401: UpstreamAuthError,
-    403: UpstreamPermissionError,
-    404: UpstreamNotFound,
-    408: UpstreamServerError,
-    409: UpstreamServerError,
-    413: UpstreamBadRequest,
-    422: UpstreamBadRequest,
-    429: UpstreamRateLimited,
-    503: UpstreamOverloaded,
-    529: UpstreamOverloaded,
-}
 # Codes that refine a bad request.
 _BAD_REQUEST_CODES: Mapping[str, type[UpstreamError]] = {
     "context_length_exceeded": ContextLengthExceeded,
@@ -137,14 +127,10 @@ def error_info(payload: object) -> ErrorInfo:
 
 def classify(status: int | None, error_type: str | None, code: str | None) -> type[UpstreamError]:
     """The error class for a status and the body's `type`/`code`. No message text is looked at."""
-    error_class = _STATUS_ERRORS.get(status) if status is not None else None
-    if error_class is None and status is not None and 400 <= status < 500:
-        error_class = UpstreamBadRequest
-    elif error_class is None and status is not None and 500 <= status < 600:
-        error_class = UpstreamServerError
-    if error_class is UpstreamBadRequest:
-        return _BAD_REQUEST_CODES.get(code or "") or _BAD_REQUEST_CODES.get(error_type or "", UpstreamBadRequest)
-    if error_class is not None:
+    if status is not None and 400 <= status < 600:
+        error_class = error_for_status(status)
+        if error_class is UpstreamBadRequest:
+            return _BAD_REQUEST_CODES.get(code or "") or _BAD_REQUEST_CODES.get(error_type or "", UpstreamBadRequest)
         return error_class
     return _CODE_OR_TYPE_ERRORS.get(code or "") or _CODE_OR_TYPE_ERRORS.get(error_type or "") or UpstreamServerError
 
