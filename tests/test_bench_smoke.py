@@ -65,3 +65,33 @@ def test_the_telemetry_share_counts_samples_with_tracing_frames(tmp_path):
     share, samples, top = telemetry_share.telemetry_share(raw)
     assert (share, samples) == (0.5, 10)
     assert top[0] == ("RequestTrace.__init__ (proxy/spans.py)", 0.3)
+
+
+def test_the_telemetry_ab_tool_measures_both_states(tmp_path):
+    out = tmp_path / "ab.json"
+    argv = [sys.executable, str(BENCH / "telemetry_ab.py"), "--seconds", "4", "--window", "0.5", "--client", "python"]
+    run = subprocess.run([*argv, "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "tracing adds" in run.stdout
+    summary = json.loads(out.read_text())
+    assert summary["windows"] >= 2 and summary["loop_off_us"] > 0 and summary["loop_on_us"] > 0
+    assert summary["exporter_us"] > 0  # the traced windows' spans were exported
+
+
+def test_the_telemetry_ab_summary_compares_the_median_windows():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from telemetry_ab import summarize
+    finally:
+        sys.path.remove(str(BENCH))
+    rows = [
+        {"on": False, "loop": 0.3, "others": 0.0, "requests": 1000},  # 300 us per request
+        {"on": True, "loop": 0.33, "others": 0.01, "requests": 1000},  # 330 us, and 10 us exporting
+        {"on": False, "loop": 0.32, "others": 0.01, "requests": 1000},  # late exports land in an off window
+        {"on": True, "loop": 0.35, "others": 0.0, "requests": 1000},
+        {"on": True, "loop": 0.0, "others": 0.0, "requests": 0},  # idle: not counted
+    ]
+    summary = summarize(rows)
+    assert summary["loop_off_us"] == 310 and summary["loop_on_us"] == 340
+    assert summary["exporter_us"] == 10  # all exporter time, per traced request
+    assert round(summary["growth"], 6) == round(350 / 310 - 1, 6)
