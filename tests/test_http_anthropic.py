@@ -398,6 +398,19 @@ async def test_a_wrong_token_is_the_sdks_authentication_error(served):
     assert caught.value.body["error"]["type"] == "authentication_error"
 
 
+async def test_a_missing_token_is_the_sdks_authentication_error_too(served):
+    # Anthropic's shape for both a missing and a wrong token (OpenAI's paths tell them apart by `code`)
+    no_key = {"Authorization": anthropic.omit, "X-Api-Key": anthropic.omit}  # the SDK sends its key as either
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        await served.client.messages.create(model="default", max_tokens=10, messages=HI, extra_headers=no_key)
+    with pytest.raises(anthropic.AuthenticationError) as counted:
+        await served.client.messages.count_tokens(model="default", messages=HI, extra_headers=no_key)
+    for error in (caught.value, counted.value):
+        assert error.status_code == 401
+        assert error.body["type"] == "error" and error.body["error"]["type"] == "authentication_error"
+        assert "`server.auth.bearer_tokens`" in error.body["error"]["message"]
+
+
 async def test_an_unknown_model_is_the_sdks_not_found_error(served):
     with pytest.raises(anthropic.NotFoundError) as caught:
         await served.client.messages.create(model="claude-3-opus", max_tokens=10, messages=HI)

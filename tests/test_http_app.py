@@ -74,20 +74,36 @@ async def test_models_are_listed_with_a_token_and_refused_without(served):
         assert body["data"][0]["description"] == "the mock"
     async with session.get("/v1/models", headers={"x-api-key": TOKEN}) as response:
         assert response.status == 200
-    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}, {"x-api-key": "nope"}):
-        async with session.get("/v1/models", headers=headers) as response:
-            assert response.status == 401
-            body = await response.json()
-            assert body["error"]["code"] == "invalid_api_key"
-            assert TOKEN not in await response.text()
+    missing = ({}, {"authorization": TOKEN}, {"authorization": "Bearer "}, {"authorization": "Basic x"})  # no token
+    wrong = ({"authorization": "Bearer wrong"}, {"x-api-key": "nope"})
+    for headers, code in [*((h, None) for h in missing), *((h, "invalid_api_key") for h in wrong)]:
+        for path in ("/v1/models", "/v1/chat/completions", "/mcp", "/metrics"):  # the OpenAI-shaped paths
+            async with session.post(path, json={}, headers=headers) as response:
+                assert response.status == 401, (path, headers)
+                assert response.headers["www-authenticate"] == "Bearer"
+                # as OpenAI answers: no key is code null, a wrong key `invalid_api_key`
+                assert await response.json() == {
+                    "error": {"message": NO_TOKEN, "type": "invalid_request_error", "param": None, "code": code}
+                }, (path, headers)
+                assert TOKEN not in await response.text()
+
+
+NO_TOKEN = (
+    "missing or invalid API key: send `Authorization: Bearer <token>` (or `x-api-key: <token>`) with one of the "
+    "tokens in `server.auth.bearer_tokens`"
+)
 
 
 async def test_anthropic_paths_get_anthropic_shaped_errors(served):
     session, _ = served
-    async with session.post("/v1/messages", json={}) as response:
-        assert response.status == 401
-        assert (await response.json())["type"] == "error"
-        assert (await response.json())["error"]["type"] == "authentication_error"
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        for headers in ({}, {"x-api-key": "nope"}, {"authorization": "Bearer wrong"}):  # missing or wrong: one shape
+            async with session.post(path, json={}, headers=headers) as response:
+                assert response.status == 401
+                assert await response.json() == {
+                    "type": "error",
+                    "error": {"type": "authentication_error", "message": NO_TOKEN},
+                }
 
 
 async def test_a_sane_client_request_id_is_kept_and_a_bad_one_replaced(served):

@@ -287,6 +287,33 @@ async def test_bad_request_unknown_model_and_bad_token(proxy):
     assert caught.value.code == "invalid_api_key"
 
 
+NO_KEY = {"Authorization": openai.omit}  # a request without the header (an SDK client cannot be made without a key)
+
+
+async def test_a_missing_token_is_answered_as_openai_answers_a_missing_key_and_a_wrong_one_is_invalid_api_key(proxy):
+    with pytest.raises(openai.AuthenticationError) as chat:
+        await proxy.client.chat.completions.create(model="mock", messages=HI, extra_headers=NO_KEY)
+    with pytest.raises(openai.AuthenticationError) as streamed:
+        await proxy.client.chat.completions.create(model="mock", messages=HI, stream=True, extra_headers=NO_KEY)
+    with pytest.raises(openai.AuthenticationError) as models:
+        await proxy.client.models.list(extra_headers=NO_KEY)
+    for caught in (chat, streamed, models):  # the real API: invalid_request_error, no param, no code
+        assert caught.value.status_code == 401 and caught.value.code is None
+        assert caught.value.body == {
+            "message": caught.value.body["message"],
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+        assert "`server.auth.bearer_tokens`" in caught.value.message  # ours: where the tokens are configured
+    async with openai.AsyncOpenAI(base_url=f"{proxy.base_url}/v1", api_key="wrong-token", max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError) as wrong:
+            await client.models.list()
+    assert (wrong.value.code, wrong.value.type, wrong.value.param) == ("invalid_api_key", "invalid_request_error", None)
+    assert wrong.value.body["message"] == chat.value.body["message"]
+    assert "wrong-token" not in wrong.value.message
+
+
 async def test_a_stream_cut_after_the_commit_point_is_an_error_in_the_sdk(proxy):
     proxy.upstream.script(ModelReply(text=("a", "b", "c", "d"), cut_after=3))  # role chunk, "a", "b", then cut
     stream = await proxy.client.chat.completions.create(model="default", messages=HI, stream=True)

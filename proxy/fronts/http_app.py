@@ -171,19 +171,19 @@ class ProxyMiddleware:
 
         path = scope.get("path", "")
         tokens = self.engine.runtime.config.server.bearer_tokens
-        if (
-            tokens
-            and path not in PUBLIC_PATHS
-            and not token_allowed(_token_of(scope), [token.reveal() for token in tokens])
-        ):
-            message = (
-                "missing or invalid API key: send `Authorization: Bearer <token>` (or `x-api-key: <token>`) "
-                "with one of the tokens in `server.auth.bearer_tokens`"
-            )
-            response = error_for_path(path, 401, message, code="invalid_api_key")
-            response.headers["www-authenticate"] = "Bearer"
-            await response(scope, receive, send_with_id)
-            return
+        if tokens and path not in PUBLIC_PATHS:
+            presented = _token_of(scope)
+            if not token_allowed(presented, [token.reveal() for token in tokens]):
+                message = (
+                    "missing or invalid API key: send `Authorization: Bearer <token>` (or `x-api-key: <token>`) "
+                    "with one of the tokens in `server.auth.bearer_tokens`"
+                )
+                # as OpenAI answers: no key is `code: null` (invalid_request_error), a wrong one `invalid_api_key`
+                code = None if presented is None else "invalid_api_key"
+                response = error_for_path(path, 401, message, code=code)
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send_with_id)
+                return
         await self.app(scope, receive, send_with_id)
 
 
