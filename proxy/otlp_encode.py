@@ -121,13 +121,16 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             lookup = (kind, value)
         elif kind is float:
             lookup = (kind, value.hex())  # -0.0 == 0.0, but not in protobuf
-        elif kind is tuple and all(type(item) is str for item in value):
+        elif kind is tuple:  # only tuples of str are kept, and only a tuple of str equals one
             lookup = value
         else:
             lookup = None
         values = by_key.get(key)
         if lookup is not None and values is not None:
-            encoded = values.get(lookup)
+            try:
+                encoded = values.get(lookup)
+            except TypeError:  # a tuple holding something unhashable
+                encoded = lookup = None
             if encoded is not None:
                 out.append(encoded)
                 continue
@@ -137,7 +140,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             log.warning("span attribute %s not exported: %s", key, exc)
             continue
         encoded = tag + _varint(len(body)) + body
-        if lookup is not None:
+        if lookup is not None and (kind is not tuple or all(type(item) is str for item in value)):
             if values is None:
                 values = by_key[key] = {}
             if len(values) < MAX_VALUES_PER_KEY:

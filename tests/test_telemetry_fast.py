@@ -273,3 +273,14 @@ def test_a_provider_that_is_not_the_sdks_gets_the_blocks_attributes_too():
     tracing = Tracing(Provider())
     tracing.start_span("x", None, SpanKind.INTERNAL, {"own": 1}, AttributeBlock({"fixed": "v"})).end()
     assert seen == {"x": {"fixed": "v", "own": 1}}
+
+
+def test_tuples_are_cached_only_when_they_hold_strings():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    for value in (("a", "b"), (1, 2), (True, 2.0), ("a", "b"), (["unhashable"],)):
+        tracing.start_span("s", None, SpanKind.INTERNAL, {"proxy.tags": value}).end()
+    spans = exporter.get_finished_spans()
+    for _ in range(2):  # (1, 2) == (True, 2.0): equal tuples, encoded apart
+        assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == stock_encode(spans)
+    provider.shutdown()
