@@ -6,8 +6,9 @@
   `scope["state"]["request_id"]` for the handlers, and the served config's version (`x-llm-proxy-config-version`);
 - auth: when `server.auth.bearer_tokens` is set, everything but `/healthz` and `/readyz` needs one of the tokens, as
   `Authorization: Bearer <token>` or (Anthropic clients) `x-api-key: <token>`; compared in constant time; a 401 in
-  the API's error shape otherwise. The tokens are read from the engine's current config on every request, so a
-  reload that rotates them takes effect at once;
+  the API's error shape otherwise (OpenAI's: `code` null when no token was sent, `invalid_api_key` for a wrong
+  one; Anthropic's `authentication_error` for both). The tokens are read from the engine's current config on every
+  request, so a reload that rotates them takes effect at once;
 - telemetry: the request id goes into `proxy.logs.request_id`, so every log line of the request carries it; with
   traces on, a SERVER span `{method} {route}` (its parent the client's `traceparent`, when it sent one) is current
   for the whole exchange, streamed body included, so the engine's spans nest under it. The probes and `/metrics`
