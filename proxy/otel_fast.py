@@ -9,7 +9,10 @@ own spans hold only values it builds itself (str, int, float, bool, tuples of st
   provider's sampler decides for a span whose parent is not one of ours (a root, a client's `traceparent`, the MCP
   SDK's span); a child of a `FastSpan` is recorded like its parent. Ids come from the provider's id generator. Not
   applied to these spans: span limits and processors' `on_start` (the batch and simple processors do nothing there).
-  A provider that is not the SDK's gets ordinary spans from its tracer.
+  A provider that is not the SDK's gets ordinary spans from its tracer. `Recorder.child()` starts a span under a
+  given one without building a `Context` for it.
+- An `AttributeBlock` holds the attributes that never change for one target, plan, route or config version; a span
+  started with one reports them before its own, and the encoder writes the block's bytes made once.
 - `traced_headers()` writes the current span's `traceparent` directly when the propagators are the default ones.
 
 Their OTLP encoding is proxy/otlp_encode.py.
