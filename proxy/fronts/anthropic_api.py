@@ -20,6 +20,7 @@ once: `SseResponse` watches for the disconnect while it writes, cancels the writ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
 
@@ -48,7 +49,6 @@ from proxy.fronts.http_common import (
     proxy_error_response,
     read_json_object,
 )
-from proxy.fronts.openai_api import ClientGone, until_disconnect
 from proxy.tokens import estimate_prompt_tokens
 from proxy.types import ChatRequest, StreamChunk
 
@@ -169,8 +169,8 @@ class SseResponse(Response):
     """A `text/event-stream` body from an async generator of bytes, cancelled as soon as the client disconnects.
 
     Starlette's `StreamingResponse` notices a disconnect only through an anyio cancel scope (which keeps
-    cancelling the engine's cleanup) or on the next write; here the writer is cancelled once (`until_disconnect`),
-    and the iterator is always closed, so the engine stream releases its upstream call and rate-limit leases.
+    cancelling the engine's cleanup) or on the next write; here the writer is a plain task, cancelled once, and
+    the iterator is always closed, so the engine stream releases its upstream call and rate-limit leases.
     """
 
     media_type = "text/event-stream"
@@ -189,14 +189,23 @@ class SseResponse(Response):
         finally:
             await self.body_iterator.aclose()
 
+    @staticmethod
+    async def _disconnected(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        writer = asyncio.ensure_future(self._write(send))
+        watcher = asyncio.ensure_future(self._disconnected(receive))
         try:
-            await until_disconnect(receive, self._write(send))
-        except (ClientGone, OSError):
-            pass
-        except Exception as exc:
-            log.warning("writing a stream failed: %r", exc)
+            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            writer.cancel()  # a no-op when it finished
+            results = await asyncio.gather(writer, watcher, return_exceptions=True)
+        if isinstance(results[0], Exception) and not isinstance(results[0], OSError):
+            log.warning("writing a stream failed: %r", results[0])
 
 
 routes: list[Route] = [

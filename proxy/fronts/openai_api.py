@@ -60,63 +60,28 @@ def wants_cache_bypass(headers: Mapping[str, str]) -> bool:
     return not directives.isdisjoint({"no-cache", "no-store"})
 
 
-RECHECK_S = 0.01  # how often a disconnect seen while the task is already being cancelled is looked at again
-
-
-async def _watch(receive: Receive, task: asyncio.Task[Any], base: int) -> None:
-    """Wait for the client to disconnect, then cancel `task` once (see `until_disconnect`).
-
-    It ends without being cancelled only after cancelling `task`: `_stop` relies on that."""
-    try:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-    except Exception:  # a receive() that fails means the connection is unusable: the client is gone
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
-    # A cancellation already on its way through the work (from outside, or one of its own timeouts) gets through
-    # alone: cancelling again would cut its cleanup short. Ours follows once the count is back to where it started
-    # (nothing signals that, hence the polling; this is the rare case of a disconnect during a cancellation).
-    while task.cancelling() > base:  # noqa: ASYNC110
-        await asyncio.sleep(RECHECK_S)
-    task.cancel()
-
-
-def _stop(watcher: asyncio.Task[None], task: asyncio.Task[Any]) -> bool:
-    """Stop the watcher; True if it had cancelled `task` (the client left), that request now taken back."""
-    if watcher.cancel() or watcher.cancelled():  # it was still waiting (or was cancelled by someone else)
-        return False
-    task.uncancel()
-    return True
 
 
 async def until_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
     """Await `awaitable`, cancelling it and raising `ClientGone` if the client disconnects first.
 
     Plain asyncio cancellation (one `CancelledError`), so the engine's cleanup (closing the upstream, releasing
-    rate-limit leases) runs to completion. A cancellation from outside (server shutdown) stays a `CancelledError`,
-    even when the client leaves as well. Call only once the request body has been read.
-
-    Cheap in the common case, where the client stays: the work runs in the caller's task (and its context, not a
-    copy), and one watcher task waits on `receive()`. On a disconnect the watcher cancels the caller's task;
-    `Task.cancel` is counted, so `uncancel` takes ours back and `cancelling()` tells whether anyone else's is left.
-    When the work ends first, the watcher is cancelled but not awaited (no extra loop iteration): it only ever
-    awaits `receive()` or a sleep, the cancel ends that wait at once (an ASGI `receive()` cancelled in its wait
-    takes no message), and its one remaining step, scheduled before any later watcher's first step, only unwinds.
-    So once this returns, the watcher can neither cancel the caller nor take a message."""
-    task = asyncio.current_task()
-    assert task is not None, "until_disconnect runs in a task"
-    base = task.cancelling()
-    watcher = task.get_loop().create_task(_watch(receive, task, base))
+    rate-limit leases) runs to completion. Call only once the request body has been read."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(receive))
     try:
-        result = await awaitable
-    except asyncio.CancelledError:
-        if _stop(watcher, task) and task.cancelling() == base:
-            raise ClientGone from None
-        raise
-    except BaseException:
-        _stop(watcher, task)
-        raise
-    _stop(watcher, task)
-    return result
+        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, watcher):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(work, watcher, return_exceptions=True)
+    if work.cancelled():
+        raise ClientGone
+    return work.result()
 
 
 class EventStreamResponse(StreamingResponse):
