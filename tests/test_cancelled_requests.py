@@ -159,9 +159,22 @@ async def test_closing_the_connection_before_a_whole_answer_is_a_cancelled_reque
     assert statuses(request_log) == ["cancelled"]
 
 
+LIMITED_STALLING = (
+    CONFIG.replace('StallingProvider"}', 'StallingProvider", limits: {concurrency: 2}}')
+    + "state: {backend: redis, url: %s, key_prefix: %s}\n"
+)
+
+
+@pytest.mark.parametrize("limits", ["memory", pytest.param("redis", marks=needs_redis)])
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
-async def test_a_cancelled_mcp_tool_call_is_a_cancelled_request(stream, request_log):
-    engine = Engine(Runtime.build(load_config_text(CONFIG, env={"TOKEN": TOKEN})))
+async def test_a_cancelled_mcp_tool_call_is_a_cancelled_request(stream, limits, request_log, redis_prefix):
+    """With limits kept in Redis too: the SDK cancels the call with an anyio cancel scope, which cancels every await
+    under it again, also the stream's cleanup that gives its concurrency slot back to Redis. The request used to be
+    counted after that cleanup (so not at all); it is counted before it now."""
+    config = CONFIG if limits == "memory" else LIMITED_STALLING % (REDIS_URL, redis_prefix)
+    engine = Engine(Runtime.build(load_config_text(config, env={"TOKEN": TOKEN})))
+    if limits == "redis":
+        assert isinstance(engine.runtime.limiters["stalling"], RedisLimiter)
     front = McpFront(engine)
     try:
         async with Client(front.server) as client:
@@ -175,6 +188,9 @@ async def test_a_cancelled_mcp_tool_call_is_a_cancelled_request(stream, request_
             result = await client.call_tool("get_metrics", {})
             assert result.structured_content["cancelled_requests"] == 1
             assert json.loads(result.content[0].text)["failed_requests"] == 0
+            if limits == "redis":
+                stalling = next(entry for entry in await engine.list_providers() if entry["name"] == "stalling")
+                assert stalling["limits"]["headroom"]["in_flight"] == 0  # its slot came back
     finally:
         await engine.aclose()
     assert statuses(request_log) == ["cancelled"]
@@ -268,9 +284,20 @@ async def test_a_request_cancelled_during_a_redis_cache_lookup_is_a_cancelled_re
     assert statuses(request_log) == ["cancelled"]
 
 
-class StoreStallingProvider(Provider):
-    """Answers at once, after making Redis unresponsive (`TcpProxy.blackhole()` on `redis`): the cache lookup before
-    the call went through (a miss), the store after it waits."""
+async def ask(engine: Engine, got: list[str], *, stream: bool) -> None:
+    """A client asking a deterministic question, as a stream or for a whole answer; the text it gets goes to `got`."""
+    request = ChatRequest.from_prompt("a question", temperature=0)
+    if stream:
+        async for chunk in engine.stream(request):
+            got.append(chunk.text)
+    else:
+        got.append((await engine.complete(request)).text or "")
+
+
+class RedisStallingProvider(Provider):
+    """Answers at once, after making Redis unresponsive (`TcpProxy.blackhole()` on `redis`): what the engine did in
+    Redis before the call went through (a cache lookup, a miss; a concurrency slot taken), what it does after waits
+    (storing the answer; giving the slot back, `Admitted.succeed`)."""
 
     redis: TcpProxy | None = None
 
@@ -278,13 +305,13 @@ class StoreStallingProvider(Provider):
         self.name = name
 
     async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
-        assert StoreStallingProvider.redis is not None
-        await StoreStallingProvider.redis.blackhole()
+        assert RedisStallingProvider.redis is not None
+        await RedisStallingProvider.redis.blackhole()
         return ChatResponse(text="a whole answer", finish_reason="stop", usage=Usage(3, 4), model=model)
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
-        assert StoreStallingProvider.redis is not None
-        await StoreStallingProvider.redis.blackhole()
+        assert RedisStallingProvider.redis is not None
+        await RedisStallingProvider.redis.blackhole()
         yield StreamChunk(text="a whole")
         yield StreamChunk(text=" answer", finish_reason="stop", usage=Usage(3, 4))
 
@@ -292,7 +319,7 @@ class StoreStallingProvider(Provider):
 STORED = """
 version: 1
 providers:
-  storing: {type: python, class: "tests.test_cancelled_requests:StoreStallingProvider"}
+  storing: {type: python, class: "tests.test_cancelled_requests:RedisStallingProvider"}
 retry: {max_attempts: 1}
 models:
   default: {targets: [{provider: storing, model: store-1}]}
@@ -304,22 +331,13 @@ models:
 async def test_a_request_cancelled_while_its_answer_is_stored_in_redis_is_a_cancelled_request(
     stream, request_log, redis_prefix
 ):
-    redis = StoreStallingProvider.redis = TcpProxy()
+    redis = RedisStallingProvider.redis = TcpProxy()
     await redis.start()
     state = RedisState(StateConfig(backend="redis", url=Secret(redis.url), key_prefix=redis_prefix, timeout=30.0))
     engine = Engine(Runtime.build(load_config_text(STORED, env={})), cache=RedisCache(state, max_entries=10))
-    request = ChatRequest.from_prompt("a question", temperature=0)
     got: list[str] = []
-
-    async def ask() -> None:
-        if stream:
-            async for chunk in engine.stream(request):
-                got.append(chunk.text)
-        else:
-            got.append((await engine.complete(request)).text or "")
-
     try:
-        client = asyncio.create_task(ask())
+        client = asyncio.create_task(ask(engine, got, stream=stream))
         await eventually(lambda: redis.connections == 2)  # the lookup's connection (cut), then the store's: it waits
         assert engine.metrics.total_requests == 0  # the answer is not counted before it is stored
         client.cancel()  # the client gives up
@@ -335,31 +353,10 @@ async def test_a_request_cancelled_while_its_answer_is_stored_in_redis_is_a_canc
         assert snap["streams_truncated"] == 0
         assert (snap["cache"]["hits"], snap["cache"]["misses"]) == (0, 1)
     finally:
-        StoreStallingProvider.redis = None
+        RedisStallingProvider.redis = None
         await engine.aclose()
         await redis.stop()
     assert statuses(request_log) == ["cancelled"]
-
-
-class ReleaseStallingProvider(Provider):
-    """Answers at once, after making Redis unresponsive (`TcpProxy.blackhole()` on `redis`): its concurrency slot
-    was taken in Redis before the call, and giving it back after the answer (`Admitted.succeed`) waits."""
-
-    redis: TcpProxy | None = None
-
-    def __init__(self, name: str, options: dict[str, Any]) -> None:
-        self.name = name
-
-    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
-        assert ReleaseStallingProvider.redis is not None
-        await ReleaseStallingProvider.redis.blackhole()
-        return ChatResponse(text="a whole answer", finish_reason="stop", usage=Usage(3, 4), model=model)
-
-    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
-        assert ReleaseStallingProvider.redis is not None
-        await ReleaseStallingProvider.redis.blackhole()
-        yield StreamChunk(text="a whole")
-        yield StreamChunk(text=" answer", finish_reason="stop", usage=Usage(3, 4))
 
 
 LIMITED = """
@@ -367,7 +364,7 @@ version: 1
 providers:
   limited:
     type: python
-    class: "tests.test_cancelled_requests:ReleaseStallingProvider"
+    class: "tests.test_cancelled_requests:RedisStallingProvider"
     limits: {concurrency: 1}
 retry: {max_attempts: 1}
 cache: {backend: CACHE}
@@ -383,23 +380,14 @@ models:
 async def test_a_request_cancelled_while_its_rate_limit_lease_is_released_in_redis_is_a_cancelled_request(
     stream, cache, request_log, redis_prefix
 ):
-    redis = ReleaseStallingProvider.redis = TcpProxy()
+    redis = RedisStallingProvider.redis = TcpProxy()
     await redis.start()
     config = LIMITED.replace("CACHE", cache).replace("URL", redis.url).replace("PREFIX", redis_prefix)
     engine = Engine(Runtime.build(load_config_text(config, env={})))
     assert isinstance(engine.runtime.limiters["limited"], RedisLimiter)  # its slots are kept in Redis
-    request = ChatRequest.from_prompt("a question", temperature=0)
     got: list[str] = []
-
-    async def ask() -> None:
-        if stream:
-            async for chunk in engine.stream(request):
-                got.append(chunk.text)
-        else:
-            got.append((await engine.complete(request)).text or "")
-
     try:
-        client = asyncio.create_task(ask())
+        client = asyncio.create_task(ask(engine, got, stream=stream))
         # the attempt is counted as answered, then its slot is given back to Redis, which does not answer
         await eventually(lambda: engine.metrics_snapshot()["provider_usage"] == {"limited": 1})
         assert engine.metrics.total_requests == 0  # the request is not counted before its lease is released
@@ -412,39 +400,8 @@ async def test_a_request_cancelled_while_its_rate_limit_lease_is_released_in_red
         assert snap["models"]["default"]["cancelled"] == 1 and snap["stream_requests"] == int(stream)
         assert snap["errors_by_kind"] == {} and snap["streams_truncated"] == 0
     finally:
-        ReleaseStallingProvider.redis = None
+        RedisStallingProvider.redis = None
         await redis.stop()  # first: the release still waiting on Redis fails at once, not after `timeout`
-        await engine.aclose()
-    assert statuses(request_log) == ["cancelled"]
-
-
-LIMITED_STALLING = (
-    CONFIG.replace('StallingProvider"}', 'StallingProvider", limits: {concurrency: 2}}')
-    + "state: {backend: redis, url: %s, key_prefix: %s}\n"
-)
-
-
-@needs_redis
-@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
-async def test_a_cancelled_mcp_tool_call_with_limits_in_redis_is_a_cancelled_request(stream, request_log, redis_prefix):
-    """The SDK cancels the call with an anyio cancel scope, which cancels every await under it again: also the
-    stream's cleanup that gives its concurrency slot back to Redis. The request was counted after it (so not at all);
-    it is counted before it now."""
-    engine = Engine(Runtime.build(load_config_text(LIMITED_STALLING % (REDIS_URL, redis_prefix), env={"TOKEN": TOKEN})))
-    assert isinstance(engine.runtime.limiters["stalling"], RedisLimiter)
-    front = McpFront(engine)
-    try:
-        async with Client(front.server) as client:
-            async with anyio.create_task_group() as tasks:
-                arguments = {"prompt": "x", "stream": stream}
-                tasks.start_soon(lambda: client.call_tool("complete_text", arguments))
-                await eventually(lambda: StallingProvider.started == 1)
-                tasks.cancel_scope.cancel()  # the client gives up: the SDK cancels the request
-            await eventually(lambda: StallingProvider.ended == 1 and not front.in_flight)
-            assert_one_cancelled(engine)
-            stalling = next(entry for entry in await engine.list_providers() if entry["name"] == "stalling")
-            assert stalling["limits"]["headroom"]["in_flight"] == 0  # its slot came back
-    finally:
         await engine.aclose()
     assert statuses(request_log) == ["cancelled"]
 
@@ -468,7 +425,7 @@ class BreakingProvider(Provider):
         raise UpstreamServerError("the connection broke", provider=self.name)
 
 
-BREAKING = LIMITED.replace("ReleaseStallingProvider", "BreakingProvider")
+BREAKING = LIMITED.replace("RedisStallingProvider", "BreakingProvider")
 
 
 @needs_redis
