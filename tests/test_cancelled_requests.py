@@ -1,7 +1,8 @@
 """A client that goes away mid-answer makes its request `cancelled`: counted apart from successes and failures
 (`cancelled_requests` in `get_metrics`, `llm_proxy_requests_total{result="cancelled"}` on `/metrics`), never an
 upstream error, and logged with status `cancelled`. Through both HTTP fronts (a client that closes its connection
-after the first chunk, or before a whole answer) and the MCP front (a cancelled `tools/call`), for a stream
+after the first chunk, before a whole answer, or before a stream's first chunk: the upstream call is cancelled, once,
+and its cleanup runs) and the MCP front (a cancelled `tools/call`), for a stream
 replayed from the response cache (memory and Redis) that its client leaves partway, and for a request cancelled
 while the engine waits on Redis: its cache lookup, or the store of its answer (a whole answer the client has not
 got, or a stream whose text is all out but that has not ended), or the release of its rate-limit lease (limits
@@ -21,12 +22,14 @@ import anyio
 import pytest
 from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Message, Receive, Scope, Send
 
 from proxy.config import load_config_text
 from proxy.config.model import Secret, StateConfig
 from proxy.engine import Engine
 from proxy.errors import UpstreamServerError
 from proxy.fronts import anthropic_api, openai_api
+from proxy.fronts.http_app import build_app
 from proxy.fronts.mcp_server import McpFront
 from proxy.policies.redis_cache import RedisCache
 from proxy.policies.redis_ratelimit import RedisLimiter
@@ -34,7 +37,7 @@ from proxy.policies.redis_state import RedisState
 from proxy.providers.base import Provider
 from proxy.runtime import Runtime
 from proxy.types import ChatRequest, ChatResponse, StreamChunk, Usage
-from tests.http_server import engine_app
+from tests.http_server import engine_app, engine_from_yaml, serve_app
 from tests.redis_helpers import REDIS_URL, TcpProxy, needs_redis, redis_prefix
 
 __all__ = ["redis_prefix"]  # the fixture, imported for the Redis tests below
@@ -56,33 +59,52 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 class StallingProvider(Provider):
-    """Streams one chunk, then waits forever (a whole answer never comes); counts the calls made and ended."""
+    """Streams one chunk (none when `silent`), then waits forever (a whole answer never comes); counts the calls
+    made, cancelled while they waited, and ended. With `slow_cleanup` its cleanup takes a real await (like closing
+    a connection), which a second cancellation would interrupt: the call would then never count as ended."""
 
-    started = ended = 0
+    started = cancelled = ended = 0
+    silent = slow_cleanup = False
 
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         self.name = name
 
+    @staticmethod
+    async def _wait() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            StallingProvider.cancelled += 1
+            raise
+
+    @staticmethod
+    async def _clean_up() -> None:
+        if StallingProvider.slow_cleanup:
+            await asyncio.sleep(0.001)
+        StallingProvider.ended += 1
+
     async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
         StallingProvider.started += 1
         try:
-            await asyncio.Event().wait()
+            await self._wait()
         finally:
-            StallingProvider.ended += 1
+            await self._clean_up()
         raise AssertionError("unreachable")
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
         StallingProvider.started += 1
         try:
-            yield StreamChunk(text="Hello")
-            await asyncio.Event().wait()
+            if not StallingProvider.silent:
+                yield StreamChunk(text="Hello")
+            await self._wait()
         finally:
-            StallingProvider.ended += 1
+            await self._clean_up()
 
 
 @pytest.fixture(autouse=True)
 def request_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    StallingProvider.started = StallingProvider.ended = 0
+    StallingProvider.started = StallingProvider.cancelled = StallingProvider.ended = 0
+    StallingProvider.silent = StallingProvider.slow_cleanup = False
     caplog.set_level(logging.INFO, logger="proxy.request")
     return caplog
 
@@ -143,19 +165,50 @@ async def test_closing_the_connection_after_the_first_chunk_is_a_cancelled_reque
     assert statuses(request_log) == ["cancelled"]
 
 
-async def test_closing_the_connection_before_a_whole_answer_is_a_cancelled_request(request_log):
-    async with engine_app(CONFIG, api_routes=openai_api.routes, env={"TOKEN": TOKEN}) as (base_url, engine):
+ASKS = {
+    "openai": ("/v1/chat/completions", {"model": "default", "messages": HI}),
+    "anthropic": ("/v1/messages", {"model": "default", "max_tokens": 50, "messages": HI}),
+}
 
-        async def ask() -> None:
-            async with aiohttp.ClientSession(base_url, headers={"authorization": f"Bearer {TOKEN}"}) as session:
-                await session.post("/v1/chat/completions", json={"model": "default", "messages": HI})
 
-        client = asyncio.create_task(ask())
-        await eventually(lambda: StallingProvider.started == 1)
-        client.cancel()  # the client gives up: its connection closes
-        await asyncio.gather(client, return_exceptions=True)
-        await eventually(lambda: StallingProvider.ended == 1 and engine.metrics.total_requests == 1)
-        assert_one_cancelled(engine)
+@pytest.mark.parametrize("front", list(ASKS))
+@pytest.mark.parametrize("stream", [False, True], ids=["whole-answer", "stream-before-first-chunk"])
+async def test_closing_the_connection_before_any_answer_cancels_the_upstream_call(front, stream, request_log):
+    """Before a whole answer, or before a stream's first chunk (the response has not started: the front is waiting
+    on the engine). The upstream call is cancelled at once, once: its slow cleanup is not interrupted. The front
+    then answers 499 (nginx's "client closed request"), which nobody reads."""
+    path, body = ASKS[front]
+    StallingProvider.silent = StallingProvider.slow_cleanup = True
+    engine = engine_from_yaml(CONFIG, {"TOKEN": TOKEN})
+    app = build_app(engine, api_routes=[*openai_api.routes, *anthropic_api.routes])
+    answered: list[int] = []
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_recorded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+            await send(message)
+
+        await app(scope, receive, send_recorded)
+
+    async def ask(base_url: str) -> None:
+        async with aiohttp.ClientSession(base_url, headers={"authorization": f"Bearer {TOKEN}"}) as session:
+            await session.post(path, json={**body, "stream": stream})
+
+    try:
+        async with serve_app(recording) as base_url:
+            client = asyncio.create_task(ask(base_url))
+            await eventually(lambda: StallingProvider.started == 1)
+            client.cancel()  # the client gives up: its connection closes
+            await asyncio.gather(client, return_exceptions=True)
+            await eventually(lambda: StallingProvider.ended == 1 and engine.metrics.total_requests == 1)
+            assert (StallingProvider.started, StallingProvider.cancelled, StallingProvider.ended) == (1, 1, 1)
+            assert_one_cancelled(engine)
+            assert engine.metrics_snapshot()["stream_requests"] == int(stream)
+            await eventually(lambda: answered)
+            assert answered == [499]
+    finally:
+        await engine.aclose()
     assert statuses(request_log) == ["cancelled"]
 
 

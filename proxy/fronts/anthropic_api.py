@@ -11,8 +11,11 @@ request bypasses the response cache.
 
 Streams: the response starts only once the engine has the first chunk, so a failure before any output (all
 targets failed, rate limited, unknown model) is a plain HTTP error. After that an upstream failure is an
-`event: error` and the stream ends without `message_stop`. The client going away cancels the upstream call at
-once: `SseResponse` watches for the disconnect while it writes, cancels the writer, and closes the engine stream.
+`event: error` and the stream ends without `message_stop`.
+
+The client going away (its connection closes) cancels the upstream call at once, as in the OpenAI front
+(`http_common.until_disconnect`): the engine call of a plain request and the wait for a stream's first chunk are
+cancelled (the answer is a 499 nobody reads), and `SseResponse` cancels its writer and closes the engine stream.
 
 `/v1/messages/count_tokens` answers `{"input_tokens": N}` from the proxy's offline estimate
 (`proxy.tokens.estimate_prompt_tokens`), not from a provider: it costs nothing and is roughly right (~10%).
@@ -20,7 +23,6 @@ once: `SseResponse` watches for the disconnect while it writes, cancels the writ
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
 
@@ -43,11 +45,14 @@ from proxy.fronts.anthropic_outbound import (
 from proxy.fronts.failure_log import failure_summary
 from proxy.fronts.http_app import request_id_of
 from proxy.fronts.http_common import (
+    CLIENT_CLOSED,
     BodyError,
+    ClientGone,
     answer_headers,
     body_error_response,
     proxy_error_response,
     read_json_object,
+    until_disconnect,
 )
 from proxy.tokens import estimate_prompt_tokens
 from proxy.types import ChatRequest, StreamChunk
@@ -94,9 +99,11 @@ async def create_message(request: Request) -> Response:
     if chat.stream:
         return await _start_stream(request, engine, chat)
     try:
-        response = await engine.complete(chat, bypass_cache=bypasses_cache(request))
+        response = await until_disconnect(request.receive, engine.complete(chat, bypass_cache=bypasses_cache(request)))
     except ProxyError as exc:
         return _with_request_id(proxy_error_response("anthropic", exc), request)
+    except ClientGone:
+        return _with_request_id(Response(status_code=CLIENT_CLOSED), request)
     headers = answer_headers(response.provider, response.model, response.cached)
     body = message_json(response, model=chat.model or response.route)
     return _with_request_id(MessageResponse(body, headers=headers), request)
@@ -118,18 +125,21 @@ async def count_tokens(request: Request) -> Response:
 # --- streaming -------------------------------------------------------------------------------------------------
 
 
+async def _first_chunk(stream: EngineStream) -> StreamChunk | None:
+    return await anext(aiter(stream), None)
+
+
 async def _start_stream(request: Request, engine: Engine, chat: ChatRequest) -> Response:
     """Wait for the first chunk (errors before it are plain HTTP errors), then answer with the SSE stream."""
     stream = engine.stream(chat, bypass_cache=bypasses_cache(request))
-    iterator = aiter(stream)
-    first: StreamChunk | None
     try:
-        first = await anext(iterator)
-    except StopAsyncIteration:
-        first = None
+        first = await until_disconnect(request.receive, _first_chunk(stream))
     except ProxyError as exc:
         await stream.aclose()
         return _with_request_id(proxy_error_response("anthropic", exc), request)
+    except ClientGone:
+        await stream.aclose()
+        return _with_request_id(Response(status_code=CLIENT_CLOSED), request)
     except BaseException:
         await stream.aclose()
         raise
@@ -169,8 +179,8 @@ class SseResponse(Response):
     """A `text/event-stream` body from an async generator of bytes, cancelled as soon as the client disconnects.
 
     Starlette's `StreamingResponse` notices a disconnect only through an anyio cancel scope (which keeps
-    cancelling the engine's cleanup) or on the next write; here the writer is a plain task, cancelled once, and
-    the iterator is always closed, so the engine stream releases its upstream call and rate-limit leases.
+    cancelling the engine's cleanup) or on the next write; here the writer runs under `until_disconnect` (cancelled
+    once) and the iterator is always closed, so the engine stream releases its upstream call and rate-limit leases.
     """
 
     media_type = "text/event-stream"
@@ -189,23 +199,16 @@ class SseResponse(Response):
         finally:
             await self.body_iterator.aclose()
 
-    @staticmethod
-    async def _disconnected(receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        writer = asyncio.ensure_future(self._write(send))
-        watcher = asyncio.ensure_future(self._disconnected(receive))
         try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            writer.cancel()  # a no-op when it finished
-            results = await asyncio.gather(writer, watcher, return_exceptions=True)
-        if isinstance(results[0], Exception) and not isinstance(results[0], OSError):
-            log.warning("writing a stream failed: %r", results[0])
+            await until_disconnect(receive, self._write(send))
+        except ClientGone:
+            log.info("client disconnected mid-stream; upstream call cancelled")
+        except OSError:
+            pass  # the connection broke under a write: nobody to tell
+        except Exception as exc:
+            log.warning("writing a stream failed: %r", exc)
 
 
 routes: list[Route] = [

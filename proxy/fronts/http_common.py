@@ -8,21 +8,28 @@
 - `proxy_error_response(api, error)` maps a `ProxyError` (unknown model, rate limited, all targets failed, ...)
   onto those shapes with the error's own status.
 - `answer_headers(...)` are the `x-llm-proxy-*` headers naming who answered.
+- `until_disconnect(receive, awaitable)` awaits the engine's work, cancelling it and raising `ClientGone` if the
+  client disconnects first; a front then answers `CLIENT_CLOSED` (499), which nobody reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import Any, Literal, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import Receive
 
 from proxy.errors import AllTargetsFailed, ProxyError, RateLimited, RequestError, UpstreamError
 
 MAX_BODY_BYTES = 20 * 1024 * 1024  # images travel as base64 inside the JSON
+CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it, the connection is gone
 Api = Literal["openai", "anthropic"]
+T = TypeVar("T")
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -182,3 +189,31 @@ def answer_headers(provider: str | None, model: str | None, cached: bool) -> dic
     if model:
         headers["x-llm-proxy-model"] = model
     return headers
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the answer was complete."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable`, cancelling it and raising `ClientGone` if the client disconnects first.
+
+    Plain asyncio cancellation (one `CancelledError`), so the engine's cleanup (closing the upstream, releasing
+    rate-limit leases) runs to completion. Call only once the request body has been read."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, watcher):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(work, watcher, return_exceptions=True)
+    if work.cancelled():
+        raise ClientGone
+    return work.result()

@@ -18,12 +18,11 @@ wait for the first chunk, or the stream (`stream.aclose()` cancels the upstream 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
@@ -34,54 +33,27 @@ from proxy.engine import Engine, EngineStream
 from proxy.errors import ProxyError
 from proxy.fronts.failure_log import failure_summary
 from proxy.fronts.http_common import (
+    CLIENT_CLOSED,
     BodyError,
+    ClientGone,
     answer_headers,
     body_error_response,
     proxy_error_response,
     read_json_object,
+    until_disconnect,
 )
 from proxy.fronts.openai_inbound import InboundChat, parse_chat_request
 from proxy.fronts.openai_outbound import ChunkEncoder, completion_body, error_event, json_bytes, new_completion_id
 from proxy.types import StreamChunk
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it, the connection is gone
 INTERNAL_ERROR = {"message": "internal error in the proxy", "type": "server_error", "param": None, "code": None}
-
-
-class ClientGone(Exception):
-    """The client closed its connection before the answer was complete."""
 
 
 def wants_cache_bypass(headers: Mapping[str, str]) -> bool:
     """`Cache-Control: no-cache` or `no-store` on the request."""
     directives = {part.split("=", 1)[0].strip().lower() for part in headers.get("cache-control", "").split(",")}
     return not directives.isdisjoint({"no-cache", "no-store"})
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def until_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
-    """Await `awaitable`, cancelling it and raising `ClientGone` if the client disconnects first.
-
-    Plain asyncio cancellation (one `CancelledError`), so the engine's cleanup (closing the upstream, releasing
-    rate-limit leases) runs to completion. Call only once the request body has been read."""
-    work = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work, watcher):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(work, watcher, return_exceptions=True)
-    if work.cancelled():
-        raise ClientGone
-    return work.result()
 
 
 class EventStreamResponse(StreamingResponse):
