@@ -5,7 +5,7 @@ reference machine); at four spans per proxied request that more than doubled the
 own spans hold only values it builds itself (str, int, float, bool, tuples of str), so they can skip it:
 
 - `Recorder.start()` makes a `FastSpan`, a plain API span over a dict that is also an SDK `ReadableSpan`; `end()`
-  hands it to the provider's span processors, so batch, simple and in-memory exporters all work unchanged. The
+  hands it to the provider's span processors, so batch, simple, in-memory and console exporters all work unchanged. The
   provider's sampler decides for a span whose parent is not one of ours (a root, a client's `traceparent`, the MCP
   SDK's span); a child of a `FastSpan` is recorded like its parent. Ids come from the provider's id generator. Not
   applied to these spans: span limits and processors' `on_start` (the batch and simple processors do nothing there).
@@ -163,6 +163,26 @@ class FastSpan(trace.Span, ReadableSpan):
 
     def get_span_context(self) -> SpanContext:
         return self._context
+
+    def to_json(self, indent: int | None = 4) -> str:
+        """The SDK's JSON (the console exporter's), with the block's attributes: the base class reads the span's own
+        attributes field only."""
+        if self._block is None:
+            return super().to_json(indent)
+        whole = ReadableSpan(
+            name=self._name,
+            context=self._context,
+            parent=self._parent,
+            resource=self.resource,
+            attributes=self.attributes,
+            events=self._events,
+            kind=self._kind,
+            status=self._status,
+            start_time=self._start_time,
+            end_time=self._end_time,
+            instrumentation_scope=self.instrumentation_scope,
+        )
+        return whole.to_json(indent)
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         if self._end_time is None:

@@ -46,9 +46,13 @@ _KIND = {
 }
 # Encoded attributes, by tag, then key, then (type, value) for numbers and bools (True == 1 == 1.0) or the value for
 # strings and tuples of strings: most repeat from one request to the next. A key's values stop being added once it
-# has MAX_VALUES_PER_KEY of them (request ids, response ids: unique, so not worth keeping).
+# has MAX_VALUES_PER_KEY of them (request ids, response ids: unique, so not worth keeping). Never kept: prompt and
+# answer text (`capture_content`), which must not outlive its request in memory, and any encoding over
+# MAX_CACHED_BYTES.
 _encoded: dict[bytes, dict[str, dict[Any, bytes]]] = {}
 MAX_VALUES_PER_KEY = 64
+MAX_CACHED_BYTES = 512
+_CONTENT_KEYS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions"})
 _names: dict[bytes, dict[str, bytes]] = {}  # span and event names by tag, encoded
 _name_kinds: dict[tuple[str, SpanKind], bytes] = {}
 MAX_NAMES = 1024
@@ -140,7 +144,12 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             log.warning("span attribute %s not exported: %s", key, exc)
             continue
         encoded = tag + _varint(len(body)) + body
-        if lookup is not None and (kind is not tuple or all(type(item) is str for item in value)):
+        if (
+            lookup is not None
+            and len(encoded) <= MAX_CACHED_BYTES
+            and key not in _CONTENT_KEYS
+            and (kind is not tuple or all(type(item) is str for item in value))
+        ):
             if values is None:
                 values = by_key[key] = {}
             if len(values) < MAX_VALUES_PER_KEY:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from proxy.fronts.http_app import _server_span
+from proxy.telemetry import Tracing
 from tests.http_server import engine_app
 
 CONFIG = """
@@ -122,3 +127,18 @@ async def test_unknown_routes_and_methods_answer_in_the_api_shape(served):
     async with session.post("/v1/models", headers=AUTH) as response:
         assert response.status == 405
         assert "error" in await response.json()
+
+
+def test_a_server_given_as_a_list_gets_the_same_server_span():
+    """ASGI allows `scope["server"]` to be any two-item iterable (Starlette's TestClient sends a list)."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    for server in (["testserver", 80], ("testserver", 80)):
+        scope = {"type": "http", "method": "GET", "path": "/v1/models", "headers": [], "server": server}
+        _server_span(scope, tracing, "req_1").end()
+    listed, tupled = exporter.get_finished_spans()
+    assert dict(listed.attributes) == dict(tupled.attributes)
+    assert listed.attributes["server.address"] == "testserver" and listed.attributes["server.port"] == 80
+    provider.shutdown()

@@ -4,6 +4,8 @@ provider's sampler and their parents; the installed OTLP exporter offers the cli
 
 from __future__ import annotations
 
+import json
+
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode
@@ -237,7 +239,7 @@ def test_the_queue_path_keeps_the_batch_processors_own_rules_for_a_full_queue_an
     batch._worker_awaken.set = wake
     provider.shutdown()
     tracing.start_span("late").end()  # after shutdown: dropped, as the processor does, no error
-    assert "late" not in [span.name for span in exported.get_finished_spans()]
+    assert not batch._queue and "late" not in [span.name for span in exported.get_finished_spans()]
 
 
 def test_a_span_with_an_attribute_block_reports_and_encodes_the_blocks_attributes_then_its_own():
@@ -283,4 +285,31 @@ def test_tuples_are_cached_only_when_they_hold_strings():
     spans = exporter.get_finished_spans()
     for _ in range(2):  # (1, 2) == (True, 2.0): equal tuples, encoded apart
         assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == stock_encode(spans)
+    provider.shutdown()
+
+
+def test_the_console_exporters_json_has_the_blocks_attributes():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    block = AttributeBlock({"gen_ai.request.model": "m", "proxy.target": "a/m"})
+    tracing.start_span("chat m", None, SpanKind.CLIENT, {"proxy.attempt": 1}, block).end()
+    tracing.start_span("plain", None, SpanKind.INTERNAL, {"proxy.attempt": 2}).end()
+    with_block, plain = exporter.get_finished_spans()
+    shown = json.loads(with_block.to_json())
+    assert shown["attributes"] == {"gen_ai.request.model": "m", "proxy.target": "a/m", "proxy.attempt": 1}
+    assert shown["name"] == "chat m" and shown["kind"] == "SpanKind.CLIENT" and shown["end_time"]
+    assert json.loads(plain.to_json())["attributes"] == {"proxy.attempt": 2}
+    provider.shutdown()
+
+
+def test_prompt_text_and_long_values_are_not_kept_by_the_encoders_cache():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    attributes = {"gen_ai.input.messages": '[{"role": "user", "parts": []}]', "proxy.note": "x" * 600, "short": "y"}
+    tracing.start_span("chat m", None, SpanKind.CLIENT, attributes).end()
+    spans = exporter.get_finished_spans()
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == stock_encode(spans)
+    kept = otlp_encode._encoded[b"\x4a"]
+    assert "gen_ai.input.messages" not in kept and "proxy.note" not in kept  # content, and too long
+    assert "y" in kept["short"]
     provider.shutdown()

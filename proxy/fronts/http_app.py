@@ -105,7 +105,7 @@ def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> t
         attributes = _server_attributes(method, path, scheme, server)
         attributes["proxy.request_id"] = request_id
         return tracing.start_span(name, parent, trace.SpanKind.SERVER, attributes)
-    key = (method, path, scheme, server)
+    key = (method, path, scheme, tuple(server) if server else None)  # ASGI allows a list (Starlette's TestClient)
     block = _server_blocks.get(key)
     if block is None:
         if len(_server_blocks) >= MAX_SERVER_BLOCKS:
