@@ -209,7 +209,9 @@ class FastSpan(trace.Span, ReadableSpan):
         return self._end_time is None
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self._end_time is not None or self._status.status_code is StatusCode.OK:  # OK is final, as in the SDK
+        # As the SDK: OK is final, and UNSET is never set (it cannot take back an ERROR)
+        code = status.status_code if isinstance(status, Status) else status
+        if self._end_time is not None or self._status.status_code is StatusCode.OK or code is StatusCode.UNSET:
             return
         self._status = status if isinstance(status, Status) else Status(status, description)
 

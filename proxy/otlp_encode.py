@@ -92,6 +92,8 @@ def _value(value: Any) -> bytes:
     if isinstance(value, str):
         return _text(b"\x0a", value)
     if isinstance(value, int):
+        if not -(1 << 63) <= value < 1 << 63:  # the stock encoder drops such an attribute too
+            raise TypeError(f"integer {value} is beyond int64")
         return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
     if isinstance(value, float):
         return b"\x21" + _double(value)

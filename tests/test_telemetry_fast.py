@@ -96,6 +96,10 @@ def test_a_fast_span_records_only_an_exceptions_type():
     provider, exporter = provider_with()
     span = Tracing(provider).start_span("work")
     span.record_exception(ValueError("the prompt was: secret words"))
+    span.set_status(StatusCode.ERROR, "first")
+    span.set_status(Status(StatusCode.UNSET))  # never set, as in the SDK: it cannot take back an ERROR
+    span.set_status(StatusCode.UNSET)
+    assert span._status.status_code is StatusCode.ERROR
     span.set_status(StatusCode.OK)
     span.set_status(StatusCode.ERROR)  # OK is final
     span.end()
@@ -312,4 +316,16 @@ def test_prompt_text_and_long_values_are_not_kept_by_the_encoders_cache():
     kept = otlp_encode._encoded[b"\x4a"]
     assert "gen_ai.input.messages" not in kept and "proxy.note" not in kept  # content, and too long
     assert "y" in kept["short"]
+    provider.shutdown()
+
+
+def test_an_integer_beyond_int64_drops_its_attribute_as_the_stock_encoder_does():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    attributes = {"big": 2**63, "small": -(2**63) - 1, "in_a_tuple": (1, 2**64), "edges": (2**63 - 1, -(2**63))}
+    tracing.start_span("s", None, SpanKind.INTERNAL, attributes).end()
+    spans = exporter.get_finished_spans()
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    assert decoded == stock_encode(spans)
+    assert [kv.key for kv in decoded.resource_spans[0].scope_spans[0].spans[0].attributes] == ["edges"]
     provider.shutdown()
