@@ -354,11 +354,18 @@ class FastOTLPSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.fast:
             return self._inner.export(spans)
+        if getattr(self._inner, "_shutdown", False):  # the stock export's own checks, where it has them
+            log.warning("span exporter already shut down: %d spans not exported", len(spans))
+            return SpanExportResult.FAILURE
         try:
             data = _encode_yielding(spans)
         except Exception:
             log.exception("could not encode %d spans; exporting them the stock way", len(spans))
             return self._inner.export(spans)
+        limit = getattr(self._inner, "_max_request_size", 0)
+        if isinstance(limit, int) and 0 < limit < len(data):
+            log.warning("%d spans not exported: %d bytes exceed the exporter's max_request_size", len(spans), len(data))
+            return SpanExportResult.FAILURE
         result = self._post(data)  # type: ignore[misc]
         if getattr(result, "success", False):
             return SpanExportResult.SUCCESS

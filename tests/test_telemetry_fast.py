@@ -13,7 +13,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
@@ -134,6 +134,22 @@ def test_the_installed_exporter_gives_the_fast_path_its_client():
     exporter = FastOTLPSpanExporter(OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"))
     assert exporter.fast  # else every export takes the stock (slower) path
     exporter.shutdown()
+
+
+def test_the_fast_export_keeps_the_stock_exports_size_limit_and_shutdown(caplog):
+    provider, memory = provider_with()
+    Tracing(provider).start_span("s", None, SpanKind.INTERNAL, {"note": "x" * 200}).end()
+    spans = memory.get_finished_spans()
+    inner = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+    inner._max_request_size = 100  # the stock exporter's request size limit (64 MiB by default)
+    exporter = FastOTLPSpanExporter(inner)
+    posted = []
+    exporter._post = posted.append
+    assert exporter.export(spans) is SpanExportResult.FAILURE and not posted
+    assert "max_request_size" in caplog.text
+    exporter.shutdown()
+    assert exporter.export(spans) is SpanExportResult.FAILURE and not posted
+    provider.shutdown()
 
 
 def test_the_trace_context_sent_upstream_is_what_the_propagators_write():
