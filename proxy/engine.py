@@ -26,7 +26,7 @@ Rules kept here:
   the cache is counted when its replay ends, so one its client leaves partway is cancelled too (its lookup still
   counts as a cache hit, but it is not a cached request).
 
-Telemetry: every request ends with one info line (`proxy.logs.log_request`: model, provider, status, latency,
+Telemetry: every request ends with one info line (proxy/request_outcome.py: model, provider, status, latency,
 tokens, cache) and one overhead sample (its time minus the time spent on upstreams, backoffs and rate limits; for a
 stream, up to its first chunk). With traces on (`proxy.telemetry.active()`), a `proxy.request` span (under the
 current span: the HTTP server span or the MCP SDK's `tools/call`) holds the dispatch's routing and attempt spans
@@ -42,7 +42,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy import logs, telemetry
 from proxy.dispatch import Admitted, Dispatch
 from proxy.errors import ProxyError, RequestError, StreamInterrupted
 from proxy.metrics import Metrics
@@ -55,74 +54,12 @@ from proxy.policies.cache import (
     is_storable,
     replay_as_chunks,
 )
+from proxy.request_outcome import is_cancellation, note_failure, note_success, start_trace
 from proxy.runtime import ModelPlan, PlannedTarget, Runtime
-from proxy.spans import RequestTrace, error_type
+from proxy.spans import RequestTrace
 from proxy.types import ChatRequest, ChatResponse, StreamChunk
 
 log = logging.getLogger(__name__)
-_request_log = logs.REQUEST_LOG
-_INFO = logging.INFO
-
-
-def _trace(request: ChatRequest, runtime: Runtime, *, stream: bool) -> RequestTrace | None:
-    tracing = telemetry.active()
-    if tracing is None:
-        return None
-    return RequestTrace(tracing, request, stream=stream, config_version=runtime.config.version_hash)
-
-
-def _succeeded(response: ChatResponse, trace: RequestTrace | None, *, stream: bool) -> None:
-    """The request's outcome on its span and in its log line."""
-    if trace is not None:
-        trace.succeeded(response)
-    if _request_log.isEnabledFor(_INFO):
-        usage = response.usage
-        logs.log_request(
-            model=response.route,
-            status="ok",
-            latency_ms=response.latency_ms,
-            provider=response.provider or None,
-            upstream_model=response.model or None,
-            input_tokens=usage.input_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            cached=response.cached,
-            stream=stream,
-            attempts=len(response.attempts),
-            trace_id=trace.trace_id if trace is not None else None,
-        )
-
-
-def _cancelled(error: BaseException) -> bool:
-    """Whether `error` ending a request means its client went away (cancellation, a closed stream), not a failure."""
-    return not isinstance(error, Exception)
-
-
-def _failed(
-    error: BaseException,
-    request: ChatRequest,
-    runtime: Runtime,
-    started: float,
-    trace: RequestTrace | None,
-    *,
-    stream: bool,
-    truncated: bool = False,
-) -> None:
-    if trace is not None:
-        trace.failed(error, truncated=truncated)
-    if _request_log.isEnabledFor(_INFO):
-        attempts = getattr(error, "attempts", None) or ()
-        provider, _, model = attempts[-1].target.partition("/") if attempts else (None, "", None)
-        status = "cancelled" if _cancelled(error) else error_type(error)
-        logs.log_request(
-            model=request.model or runtime.config.defaults.model,
-            status="truncated" if truncated else status,
-            latency_ms=(runtime.clock() - started) * 1000,
-            provider=provider,
-            upstream_model=model,
-            stream=stream,
-            attempts=len(attempts),
-            trace_id=trace.trace_id if trace is not None else None,
-        )
 
 
 class _LeaderCancelled(Exception):
@@ -283,7 +220,7 @@ class Engine:
             self.metrics.record_request(
                 response.route,
                 success=False,
-                cancelled=_cancelled(error),
+                cancelled=is_cancellation(error),
                 latency_s=now - started,
                 stream=True,
                 overhead_s=at_hit,
@@ -342,7 +279,7 @@ class Engine:
         """Answer `request` (non-streaming). Raises a `ProxyError` with a user-facing message when it cannot."""
         runtime = self.runtime
         started = runtime.clock()
-        trace = _trace(request, runtime, stream=False)
+        trace = start_trace(request, runtime, stream=False)
         try:
             request = self._with_defaults(request, runtime, stream=False)
             try:
@@ -356,9 +293,9 @@ class Engine:
             else:
                 response = await self._cached(runtime, chain, request, started, trace, key, ttl)
         except BaseException as exc:
-            _failed(exc, request, runtime, started, trace, stream=False)
+            note_failure(exc, request, runtime, started, trace, stream=False)
             raise
-        _succeeded(response, trace, stream=False)
+        note_success(response, trace, stream=False)
         return response
 
     async def _cached(
@@ -388,7 +325,7 @@ class Engine:
                 now = runtime.clock()
                 overhead = max(0.0, waiting - started)
                 self.metrics.record_request(
-                    route, success=False, cancelled=_cancelled(exc), latency_s=now - started, overhead_s=overhead
+                    route, success=False, cancelled=is_cancellation(exc), latency_s=now - started, overhead_s=overhead
                 )
                 raise
             waited = runtime.clock() - waiting
@@ -410,7 +347,7 @@ class Engine:
         try:
             await self._cache_set(key, response, ttl)
         except BaseException as exc:  # cancelled while the answer was stored: its client never got it
-            self._record(dispatch, started, success=False, until=answered, cancelled=_cancelled(exc))
+            self._record(dispatch, started, success=False, until=answered, cancelled=is_cancellation(exc))
             raise
         self._record(dispatch, started, success=True, now=answered)  # latency to its answer, as logged
         return response
@@ -422,7 +359,7 @@ class Engine:
             response, admitted = await dispatch.run(_complete)
             cost = await admitted.succeed(response.usage, response=response)  # with Redis limits: a round trip
         except BaseException as exc:  # a failure, or its client went away (also while its lease was released)
-            self._record(dispatch, started, success=False, cancelled=_cancelled(exc))
+            self._record(dispatch, started, success=False, cancelled=is_cancellation(exc))
             raise
         now = dispatch.runtime.clock()
         if count:
@@ -532,7 +469,7 @@ class EngineStream:
         runtime = engine.runtime
         metrics = engine.metrics
         started = runtime.clock()
-        trace = _trace(request, runtime, stream=True)
+        trace = start_trace(request, runtime, stream=True)
         truncated = False
         try:
             request = engine._with_defaults(request, runtime, stream=True)
@@ -556,14 +493,14 @@ class EngineStream:
                         engine._count_replay(replayed, runtime.clock(), started, exc)
                         raise
                     engine._count_replay(replayed, runtime.clock(), started, None)
-                    _succeeded(replayed, trace, stream=True)
+                    note_success(replayed, trace, stream=True)
                     return
                 metrics.record_cache(False)
             dispatch = Dispatch(runtime, metrics, chain, request, trace)
             try:
                 opened, admitted = await dispatch.run(_open_stream)
             except BaseException as exc:
-                engine._record(dispatch, started, success=False, cancelled=_cancelled(exc))
+                engine._record(dispatch, started, success=False, cancelled=is_cancellation(exc))
                 raise
             first_token_at = runtime.clock()
             self.provider, self.model = admitted.target.provider, admitted.target.model
@@ -592,7 +529,7 @@ class EngineStream:
                 raise error from exc
             except BaseException as exc:  # the client went away (GeneratorExit, cancellation), or a bug
                 # counted first: the cleanup awaits, and a cancel scope (anyio: the MCP SDK's) cancels it again
-                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
+                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=is_cancellation(exc))
                 await opened.aclose()
                 await admitted.abandon()
                 raise
@@ -604,10 +541,10 @@ class EngineStream:
                 if key is not None:
                     await engine._cache_set(key, self.response, ttl)
             except BaseException as exc:  # cancelled while its lease was released or its answer stored: no end yet
-                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=_cancelled(exc))
+                engine._record(dispatch, started, success=False, until=first_token_at, cancelled=is_cancellation(exc))
                 raise
             engine._record(dispatch, started, success=True, until=first_token_at, now=now)
         except BaseException as exc:
-            _failed(exc, request, runtime, started, trace, stream=True, truncated=truncated)
+            note_failure(exc, request, runtime, started, trace, stream=True, truncated=truncated)
             raise
-        _succeeded(self.response, trace, stream=True)
+        note_success(self.response, trace, stream=True)
