@@ -11,7 +11,8 @@ Each window records the event loop's thread CPU (`time.thread_time`), the other 
 
 Prints, per state: the event loop's CPU per request (median over windows), the other threads' CPU per traced request
 (all of it counted against tracing, since the exporter only works for traced requests), and the growth with tracing
-on. The proxy runs on core 0, the load and the upstream on core 1 (`taskset`), as in bench/run.py.
+on, with a bootstrap 90 % interval for it (its width shows how noisy the machine was).
+The proxy runs on core 0, the load and the upstream on core 1 (`taskset`), as in bench/run.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -84,8 +86,8 @@ def serve_alternating(argv: list[str], window: float, out: Path) -> None:
 # --- the driver ----------------------------------------------------------------------------------------------------
 
 
-def summarize(rows: list[dict]) -> dict[str, float]:
-    """Per state: the loop's CPU per request (median of windows), the other threads' per traced request (us)."""
+def _growth(rows: list[dict]) -> tuple[float, float, float, float]:
+    """Loop CPU per request off and on (median of windows), exporter per traced request (us), and the growth."""
     off = [r["loop"] / r["requests"] * 1e6 for r in rows if not r["on"] and r["requests"]]
     on = [r["loop"] / r["requests"] * 1e6 for r in rows if r["on"] and r["requests"]]
     traced = sum(r["requests"] for r in rows if r["on"])
@@ -93,12 +95,27 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         raise RuntimeError(f"not enough windows with requests in both states: {rows}")
     exporter = sum(r["others"] for r in rows) / traced * 1e6
     loop_off, loop_on = statistics.median(off), statistics.median(on)
+    return loop_off, loop_on, exporter, (loop_on + exporter) / loop_off - 1
+
+
+def summarize(rows: list[dict], resamples: int = 2000) -> dict[str, float]:
+    """Per state: the loop's CPU per request (median of windows), the other threads' per traced request (us); the
+    growth, and its 90 % interval from a bootstrap over the windows (each state's windows drawn with replacement):
+    how far the figure could move from window noise alone (drift between states is what the alternation cancels)."""
+    rows = [r for r in rows if r["requests"]]
+    loop_off, loop_on, exporter, growth = _growth(rows)
+    states = [[r for r in rows if not r["on"]], [r for r in rows if r["on"]]]
+    draw = random.Random(0).choices
+    samples = sorted(_growth([*draw(states[0], k=len(states[0])), *draw(states[1], k=len(states[1]))])[3]
+                     for _ in range(resamples))  # fmt: skip
     return {
-        "windows": len(off) + len(on),
+        "windows": len(rows),
         "loop_off_us": loop_off,
         "loop_on_us": loop_on,
         "exporter_us": exporter,
-        "growth": (loop_on + exporter) / loop_off - 1,
+        "growth": growth,
+        "growth_low": samples[int(0.05 * (resamples - 1))],
+        "growth_high": samples[int(0.95 * (resamples - 1))],
     }
 
 
@@ -149,7 +166,10 @@ def main() -> int:
     print(f"{summary['windows']} windows of {options.window:g} s, tracing off and on by turns (OpenAI front, c16)")
     print(f"  event loop CPU per request: off {summary['loop_off_us']:.1f} us, on {summary['loop_on_us']:.1f} us")
     print(f"  exporter thread CPU per traced request: {summary['exporter_us']:.1f} us")
-    print(f"  tracing adds {summary['growth']:.1%} to the CPU a request costs")
+    print(
+        f"  tracing adds {summary['growth']:.1%} to the CPU a request costs"
+        f" (90 % interval {summary['growth_low']:.1%} to {summary['growth_high']:.1%})"
+    )
     if options.json:
         options.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -95,3 +95,5 @@ def test_the_telemetry_ab_summary_compares_the_median_windows():
     assert summary["loop_off_us"] == 310 and summary["loop_on_us"] == 340
     assert summary["exporter_us"] == 10  # all exporter time, per traced request
     assert round(summary["growth"], 6) == round(350 / 310 - 1, 6)
+    assert summary["growth_low"] <= summary["growth"] <= summary["growth_high"]
+    assert summary["windows"] == 4
