@@ -7,6 +7,7 @@ second with the Python load generator, and prints the table. Nothing here assert
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def test_the_telemetry_ab_tool_measures_both_states(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["windows"] >= 2 and summary["loop_off_us"] > 0 and summary["loop_on_us"] > 0
     assert summary["exporter_us"] > 0  # the traced windows' spans were exported
+    assert 0 < summary["p50_off_ms"] <= summary["p99_off_ms"] and 0 < summary["p50_on_ms"] <= summary["p99_on_ms"]
 
 
 def test_the_telemetry_ab_summary_compares_the_median_windows():
@@ -97,3 +99,14 @@ def test_the_telemetry_ab_summary_compares_the_median_windows():
     assert round(summary["growth"], 6) == round(350 / 310 - 1, 6)
     assert summary["growth_low"] <= summary["growth"] <= summary["growth_high"]
     assert summary["windows"] == 4
+
+
+def test_the_telemetry_ab_percentiles_come_from_two_percent_buckets():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from telemetry_ab import _bucket, _percentile
+    finally:
+        sys.path.remove(str(BENCH))
+    counts = collections.Counter(_bucket(ms / 1000) for ms in range(1, 101))  # 1..100 ms
+    assert abs(_percentile(counts, 0.5) - 50) / 50 < 0.02
+    assert abs(_percentile(counts, 0.99) - 99) / 99 < 0.02
