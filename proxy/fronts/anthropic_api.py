@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Mapping
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -84,6 +84,8 @@ async def _read_request(request: Request, *, count_only: bool) -> ChatRequest | 
         body = await read_json_object(request)
     except BodyError as exc:
         return _with_request_id(body_error_response("anthropic", exc), request)
+    except ClientDisconnect:  # gone before its body was whole: nobody to answer (a 500 and a traceback before)
+        return _with_request_id(Response(status_code=CLIENT_CLOSED), request)
     try:
         return parse_messages_body(body, count_only=count_only)
     except RequestError as exc:

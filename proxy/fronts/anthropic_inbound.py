@@ -19,7 +19,9 @@ Refused (400): `thinking` other than `{"type": "disabled"}` (thinking blocks can
 `context_management`, server tools (a `type` other than `custom`), and content blocks other than the above
 (`document`, `search_result`, `server_tool_use`, ...). Accepted and ignored: `cache_control` anywhere,
 `service_tier`, `output_config.effort`, other `metadata` keys, `citations`, and top-level fields this proxy
-does not know (so newer SDKs keep working).
+does not know (so newer SDKs keep working). Tool schemas and tool inputs are free-form JSON sent on as they are
+(`Fields.json_object`): at most 64 levels deep, no lone surrogates, no `NaN`/`Infinity`; `model` is at most 256
+characters.
 """
 
 from __future__ import annotations
@@ -282,7 +284,7 @@ def parse_messages_body(body: Mapping[str, Any], *, count_only: bool = False) ->
     model = body.get("model")
     if model is None:
         FIELDS.fail("model", "is required")
-    model = FIELDS.string(model, "model", non_empty=True)
+    model = FIELDS.model_name(model)
     _refuse_unsupported(body)
     messages: list[Message] = []
     system = body.get("system")

@@ -7,8 +7,12 @@ type narrowed, or raises the front's error naming the field path (`messages[2].c
 A `Fields` is parameterised by the error it raises (`error(path, problem)` builds it, message and `param`) and by
 how its messages phrase a value (`kind`, `out_of_range`, `surrogate`), so each front keeps its own wording: the
 OpenAI front says "must be a number, not string", the Anthropic front "must be a number, not a string". Booleans
-are never numbers; numbers must be finite (Python's JSON reader accepts `NaN`); null counts as absent only where
-a method says `optional`. Nothing here knows an API.
+are never numbers; numbers must be finite (Python's JSON reader accepts `NaN`, `Infinity` and `1e999`, which no
+upstream would); null counts as absent only where a method says `optional`. Nothing here knows an API.
+
+Free-form JSON that is sent on as it is (tool schemas, tool inputs, `response_format`) goes through `json_object`:
+at most `MAX_JSON_DEPTH` levels deep, every string real text, every number finite. `check_values` checks a whole
+body for the last two in one quick pass, and names the path only when something is wrong.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 MAX_JSON_DEPTH = 64  # for free-form JSON (tool schemas, tool inputs): deeper is almost surely garbage
+MAX_MODEL_NAME = 256  # characters; longer is no model name (and would be echoed back, logged and counted)
+NOT_FINITE = "must be a finite number, not NaN or Infinity (JSON has neither)"
 _SHOWN_DIGITS = 30  # longer numbers are not echoed (and huge ints cannot even be turned into text)
 
 
@@ -84,6 +90,37 @@ def field_path(keys: tuple[str | int, ...]) -> str:
     for key in keys:
         text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
     return text
+
+
+def is_finite(value: object) -> bool:
+    """False for a float NaN or infinity (what `NaN`, `Infinity` and `1e999` parse to)."""
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _clean(body: object) -> bool:
+    """True when no string (value or key) in `body` holds a lone surrogate and no number is NaN or infinite. One
+    iterative pass without paths: ~5x faster than the walk that names them, for 20 MB bodies of tiny messages."""
+    stack = [body]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value = pop()
+        if type(value) is dict:
+            for key in value:
+                if not key.isascii() and not is_text(key):
+                    return False
+            items: Any = value.values()
+        else:
+            items = value
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and not is_text(item):
+                    return False
+            elif kind is dict or kind is list:
+                push(item)
+            elif kind is float and item - item:  # nan - nan and inf - inf are NaN (truthy); finite - itself is 0.0
+                return False
+    return True
 
 
 def is_text(value: str) -> bool:
@@ -184,14 +221,26 @@ class Fields:
             self.fail(path, f"must be one of {listing}, not `{text[:100]}`")
         return text
 
-    def check_unicode(self, body: Any) -> None:
-        """Refuse strings (values or keys) anywhere in `body` holding a lone UTF-16 surrogate: it is not Unicode
-        text, and would fail later when an upstream body or the answer is encoded. Walks iteratively."""
+    def model_name(self, value: object, path: str = "model") -> str:
+        """A model name: a non-empty string of at most `MAX_MODEL_NAME` characters."""
+        name = self.string(value, path, non_empty=True)
+        if len(name) > MAX_MODEL_NAME:
+            self.fail(path, f"is {len(name)} characters long; a model name has at most {MAX_MODEL_NAME}")
+        return name
+
+    def check_values(self, body: Any) -> None:
+        """Refuse strings (values or keys) anywhere in `body` holding a lone UTF-16 surrogate (not Unicode text: it
+        would fail later when an upstream body or the answer is encoded) and numbers that are NaN or infinite (no
+        upstream takes them). A quick pass first; the walk naming a bad value's path only when that fails."""
+        if _clean(body):
+            return
         stack: list[tuple[Any, tuple[str | int, ...]]] = [(body, ())]
         while stack:
             value, path = stack.pop()
             if isinstance(value, str):
                 self.text(value, field_path(path))
+            elif not is_finite(value):
+                self.fail(field_path(path), NOT_FINITE)
             elif isinstance(value, dict):
                 for key, item in value.items():
                     if not is_text(key):
@@ -200,8 +249,11 @@ class Fields:
             elif isinstance(value, list):
                 stack.extend((item, (*path, index)) for index, item in enumerate(value))
 
+    check_unicode = check_values  # the older name
+
     def json_object(self, value: object, path: str) -> dict[str, Any]:
-        """A free-form JSON object (tool schema, tool input): nesting bounded, every key and string real text."""
+        """A free-form JSON object (tool schema, tool input): nesting bounded, every key and string real text, every
+        number finite."""
         obj = self.object(value, path)
         level: list[Any] = [obj]
         for _ in range(MAX_JSON_DEPTH):
@@ -213,6 +265,8 @@ class Fields:
                         self.text(key, path)
                     if isinstance(child, str):
                         self.text(child, path)
+                    elif isinstance(child, float) and not math.isfinite(child):
+                        self.fail(path, "holds a number that is NaN or infinite (JSON has neither)")
                     elif isinstance(child, dict | list):
                         children.append(child)
             if not children:

@@ -1,8 +1,9 @@
 """What every HTTP endpoint shares: reading a JSON body safely, the two APIs' error shapes, and answer headers.
 
 - `read_json_object(request)` reads at most `MAX_BODY_BYTES` (413 beyond, without buffering the rest), refuses
-  a body that is not a JSON object (400 naming the problem and where; whatever the content type said, the body is
-  tried as JSON), and never raises anything but `BodyError`.
+  a compressed body (415: `Content-Encoding` other than `identity`) and a body that is not a JSON object (400 naming
+  the problem and where; whatever the content type said, the body is tried as JSON), and never raises anything but
+  `BodyError` (and Starlette's `ClientDisconnect` when the client leaves mid-body).
 - `openai_error(...)` / `anthropic_error(...)` build each API's error response with the right status and a
   `retry-after` header when the client should come back later; `error_for_path` picks the shape by URL.
 - `proxy_error_response(api, error)` maps a `ProxyError` (unknown model, rate limited, all targets failed, ...)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 from collections.abc import Awaitable
 from typing import Any, Literal, TypeVar
 
@@ -25,6 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive
 
 from proxy.errors import AllTargetsFailed, ProxyError, RateLimited, RequestError, UpstreamError
+from proxy.fronts.fields import json_kind
 
 MAX_BODY_BYTES = 20 * 1024 * 1024  # images travel as base64 inside the JSON
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it, the connection is gone
@@ -68,6 +71,11 @@ class BodyError(Exception):
 
 async def read_json_object(request: Request, *, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The body as a JSON object, or `BodyError` saying what is wrong with it."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BodyError(
+            415, f"the request body is `{encoding[:40]}`-encoded (Content-Encoding); send it uncompressed, as JSON"
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BodyError(413, f"the request body is {declared} bytes; the limit is {max_bytes}")
@@ -95,10 +103,11 @@ async def read_json_object(request: Request, *, max_bytes: int = MAX_BODY_BYTES)
         raise BodyError(400, f"the request body is not valid JSON: {exc.msg} at {where}{hint}") from None
     except RecursionError:
         raise BodyError(400, "the request body nests too deeply") from None
-    except ValueError as exc:  # e.g. an integer longer than Python's int-parsing limit
-        raise BodyError(400, f"the request body is not usable JSON: {exc}") from None
+    except ValueError:  # an integer longer than Python's int-parsing limit (the only other ValueError)
+        limit = sys.get_int_max_str_digits()
+        raise BodyError(400, f"the request body holds a number with more than {limit} digits") from None
     if not isinstance(value, dict):
-        raise BodyError(400, f"the request body must be a JSON object, not {type(value).__name__}")
+        raise BodyError(400, f"the request body must be a JSON object, not {json_kind(value)}")
     return value
 
 

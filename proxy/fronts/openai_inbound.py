@@ -14,7 +14,11 @@ field path (`messages[2].content[0].type`) for the first problem; it never raise
   provider answers, so an OpenAI-only parameter sent to a model that falls back to Anthropic is refused there.
 - any other field (`store`, `metadata`, `stream_options.include_obfuscation`, ...) is accepted and ignored, so newer
   SDKs keep working.
-- no string anywhere may hold a lone UTF-16 surrogate (`"\\ud800"`): it is not text and could not be sent on.
+- no string anywhere may hold a lone UTF-16 surrogate (`"\\ud800"`): it is not text and could not be sent on; no
+  number anywhere may be `NaN` or infinite (`Infinity`, `1e999`): JSON has neither, and upstreams refuse them.
+- free-form JSON sent on as it is (`tools[].function.parameters`, `response_format`) nests at most
+  `fields.MAX_JSON_DEPTH` levels; `messages` holds at most `MAX_MESSAGES`; `model` is at most
+  `fields.MAX_MODEL_NAME` characters.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from proxy.fronts.http_common import BodyError
 from proxy.types import ChatRequest, ContentPart, ImagePart, Message, TextPart, ToolCall, ToolChoice, ToolDef
 
 MAX_STOP_SEQUENCES = 4
+MAX_MESSAGES = 100_000  # as the Anthropic front (and API); far more is a body built to keep the proxy busy
 MAX_TOKENS_LIMIT = 2**31 - 1
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _IMAGE_DETAILS = ("auto", "low", "high")
@@ -105,7 +110,8 @@ def _message(raw: object, path: str) -> Message:
     if role == "assistant":
         if message.get("function_call") is not None:
             FIELDS.fail(f"{path}.function_call", _REFUSED["function_call"])
-        calls = _tool_calls(message["tool_calls"], f"{path}.tool_calls") if message.get("tool_calls") else ()
+        raw_calls = message.get("tool_calls")
+        calls = _tool_calls(raw_calls, f"{path}.tool_calls") if raw_calls is not None else ()
         if content is None and not calls:
             FIELDS.fail(f"{path}.content", "is required unless the message has `tool_calls`")
         text = _content(content, f"{path}.content", ("text", "refusal")) if content is not None else None
@@ -138,7 +144,7 @@ def _tools(raw: object) -> tuple[ToolDef, ...]:
             ToolDef(
                 name=name,
                 description=_optional(function, "description", FIELDS.string, f"{where}.function."),
-                parameters=_optional(function, "parameters", FIELDS.object, f"{where}.function."),
+                parameters=_optional(function, "parameters", FIELDS.json_object, f"{where}.function."),
                 strict=_optional(function, "strict", FIELDS.boolean, f"{where}.function."),
             )
         )
@@ -159,7 +165,7 @@ def _tool_choice(raw: object, tools: tuple[ToolDef, ...]) -> ToolChoice:
 
 
 def _response_format(raw: object) -> Mapping[str, Any] | None:
-    value = FIELDS.object(raw, "response_format")
+    value = FIELDS.json_object(raw, "response_format")  # sent on as it is
     kind = FIELDS.one_of(value.get("type"), "response_format.type", _RESPONSE_FORMATS)
     if kind == "text":
         return None
@@ -218,10 +224,13 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens"):
-        if body.get(key) is not None:
-            return FIELDS.integer(body[key], key, 1, MAX_TOKENS_LIMIT)
-    return None
+    """`max_completion_tokens`, else `max_tokens`; both are checked when both are given."""
+    limits = [
+        FIELDS.integer(body[key], key, 1, MAX_TOKENS_LIMIT)
+        for key in ("max_completion_tokens", "max_tokens")
+        if body.get(key) is not None
+    ]
+    return limits[0] if limits else None
 
 
 def _optional(body: Mapping[str, Any], key: str, check: Callable[[object, str], Any], prefix: str = "") -> Any:
@@ -232,16 +241,16 @@ def _optional(body: Mapping[str, Any], key: str, check: Callable[[object, str], 
 
 def parse_chat_request(body: Mapping[str, Any]) -> InboundChat:
     """Validate an OpenAI Chat Completions body; raises `BodyError` (400) naming the first bad field."""
-    FIELDS.check_unicode(body)
+    FIELDS.check_values(body)
     if body.get("model") is None:
         FIELDS.fail("model", "is required: a model name from the proxy's config (see `GET /v1/models`)")
-    model = FIELDS.string(body["model"], "model", non_empty=True)
+    model = FIELDS.model_name(body["model"])
     if body.get("messages") is None:
         FIELDS.fail("messages", "is required")
-    messages = tuple(
-        _message(item, f"messages[{index}]")
-        for index, item in enumerate(FIELDS.array(body["messages"], "messages", non_empty=True))
-    )
+    items = FIELDS.array(body["messages"], "messages", non_empty=True)
+    if len(items) > MAX_MESSAGES:
+        FIELDS.fail("messages", f"holds {len(items)} messages; the limit is {MAX_MESSAGES}")
+    messages = tuple(_message(item, f"messages[{index}]") for index, item in enumerate(items))
     _refuse_unsupported(body)
     stream = bool(_optional(body, "stream", FIELDS.boolean))
     include_usage = False
