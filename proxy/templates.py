@@ -34,11 +34,13 @@ from jinja2.sandbox import SecurityError
 from proxy.config.model import Config, TemplateConfig
 from proxy.config.suggest import did_you_mean, quote_list
 from proxy.config.template_checks import (
-    FORBIDDEN_TAGS,
-    forbidden_tag_message,
+    TOO_DEEP,
+    TemplateSyntax,
+    compile_tree,
     read_template_file,
     resolve_template_file,
     template_environment,
+    tree_problem,
 )
 from proxy.config.template_sandbox import TemplateLimitError, render_budget
 from proxy.errors import ConfigError, ConfigIssue, TemplateError
@@ -251,10 +253,17 @@ def _source(env: jinja2.Environment, text: str, field: str, label: str, filename
         tree = env.parse(text, filename=filename)
     except jinja2.TemplateSyntaxError as exc:
         raise _BuildProblem(field, f"{label}, line {exc.lineno}: Jinja2 syntax error: {exc.message}") from None
-    for node_type, tag in FORBIDDEN_TAGS.items():
-        for node in tree.find_all(node_type):
-            raise _BuildProblem(field, f"{label}, line {node.lineno}: {forbidden_tag_message(tag)}")
-    code = env.compile(tree, name=filename, filename=filename)
+    except (RecursionError, MemoryError):
+        raise _BuildProblem(field, f"{label}: {TOO_DEEP}") from None
+    try:
+        problem = tree_problem(env, tree)
+        if problem is not None:
+            raise _BuildProblem(field, f"{label}, line {problem[0]}: {problem[2]}")
+        code = compile_tree(env, tree, filename)
+    except TemplateSyntax as exc:
+        raise _BuildProblem(field, f"{label}: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise _BuildProblem(field, f"{label}: {TOO_DEEP}") from None
     template = env.template_class.from_code(env, code, env.make_globals(None), None)
     return _Source(label=label, filename=filename, template=template)
 

@@ -1,7 +1,7 @@
 """`${VAR}` and `${VAR:-default}` interpolation from the environment, applied to every string in the document.
 
 - `${VAR}` is replaced by the variable's value. `${VAR:-text}` uses `text` when VAR is unset or empty.
-- `$${` writes a literal `${`.
+- `$${` writes a literal `${`. References do not nest: a default cannot hold another `${...}` (reported).
 - A value that is exactly one `${...}` is listed in `whole`; where the schema wants a number or boolean there,
   the loader converts it (`coerce`), so `port: ${PORT:-8085}` is an integer while an all-digit API key stays a
   string.
@@ -11,15 +11,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.config.suggest import clip
+
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT = re.compile(r"^[-+]?[0-9]+$")
-_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))([eE][-+]?[0-9]+)?$")
+_MAX_DIGITS = 400  # longer digit strings stay text (a float holds ~309 digits; Python reads at most 4,300)
 
 Path = tuple[str | int, ...]
 
@@ -34,11 +38,14 @@ class Interpolation:
 
 
 def coerce(text: str) -> Any:
-    """The number or boolean `text` spells, else `text` unchanged."""
-    if _INT.match(text):
-        return int(text)
-    if _FLOAT.match(text):
-        return float(text)
+    """The number or boolean `text` spells (`8085`, `0.5`, `1e6`, `true`), else `text` unchanged. A number too
+    long to be a sensible value, or beyond a float's range, stays text (the schema then says what it expected)."""
+    if len(text) <= _MAX_DIGITS:
+        if _INT.match(text):
+            return int(text)
+        if _FLOAT.match(text):
+            value = float(text)
+            return value if math.isfinite(value) else text
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -65,9 +72,16 @@ def _expand(value: str, path: Path, env: Mapping[str, str], result: Interpolatio
             continue
         name, sep, default = inner.partition(":-")
         name = name.strip()
+        if "${" in default:
+            result.malformed[path] = (
+                f"the default of `${{{clip(name)}:-...}}` contains another `${{...}}` reference; references do not "
+                "nest, so write the default value itself"
+            )
+            pieces.append(match.group(0))
+            continue
         if not _NAME.match(name):
             result.malformed[path] = (
-                f"`${{{inner}}}` is not a variable reference; write `${{NAME}}` or `${{NAME:-default}}` "
+                f"`${{{clip(inner)}}}` is not a variable reference; write `${{NAME}}` or `${{NAME:-default}}` "
                 "(use `$${` for a literal `${`)"
             )
             pieces.append(token)

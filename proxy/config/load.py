@@ -25,7 +25,7 @@ from proxy.config.interpolate import coerce, interpolate
 from proxy.config.model import Config
 from proxy.config.schema_check import schema_issues
 from proxy.config.semantic import semantic_problems
-from proxy.config.suggest import format_path
+from proxy.config.suggest import clip, format_path
 from proxy.config.yaml_source import YamlDocument, parse_yaml
 from proxy.errors import ConfigError, ConfigIssue
 from proxy.resources import default_config_path
@@ -87,6 +87,22 @@ def _guarded(check: Callable[[], list], fallback: list) -> list:
         return fallback
 
 
+def _template_dir(data: dict[str, Any], base_dir: Path | None) -> tuple[Path | None, str | None]:
+    """Where template files are read from, or why `template_dir` cannot be used (None when it is not text: the
+    schema reports that)."""
+    if base_dir is None:
+        return None, None
+    value = data.get("template_dir", "templates")
+    if not isinstance(value, str) or not value:
+        return None, None
+    try:
+        return (base_dir / value).resolve(), None
+    except ValueError:  # a NUL character
+        return None, "the directory name contains a NUL character"
+    except OSError as exc:  # too long, a symlink loop
+        return None, f"cannot use this directory: {exc.strerror or exc}"
+
+
 def _version_hash(text: str, config: Config) -> str:
     digest = hashlib.sha256(text.encode("utf-8"))
     for template in config.templates.values():
@@ -134,21 +150,39 @@ def check_config_text(
                     file,
                     doc,
                     path,
-                    f"environment variable `{name}` is not set; set it or write `${{{name}:-default}}`",
+                    f"environment variable `{clip(name)}` is not set; set it or write `${{{clip(name)}:-default}}`",
                     "env",
                 )
             )
 
+    # One message per value: a value the YAML or env layer already explained is not reported again by the later
+    # layers (it was read as nothing, so they would only say "got nothing").
+    explained = {issue.path for issue in issues}
     unset_paths = set(expanded.unset)
-    for problem in schema_issues(data, plain_scalars=doc.plain_scalars, whole_references=expanded.whole, coerce=coerce):
+    for problem in schema_issues(
+        data,
+        plain_scalars=doc.plain_scalars,
+        whole_references=expanded.whole,
+        coerce=coerce,
+        numeric_text=doc.numeric_text,
+    ):
         if problem.path in unset_paths:
             continue  # an empty value from an unset variable: already reported or the provider is disabled
+        if format_path(problem.path) in explained and not problem.at_key:
+            continue
         issues.append(_issue_at(file, doc, problem.path, problem.message, "schema", at_key=problem.at_key))
 
-    template_dir = None
-    if base_dir is not None:
-        template_dir = (base_dir / str(data.get("template_dir", "templates"))).resolve()
-    for path, message, at_key in _guarded(lambda: semantic_problems(data, template_dir=template_dir), []):
+    template_dir, problem = _template_dir(data, base_dir)
+    if problem:
+        issues.append(_issue_at(file, doc, ("template_dir",), problem, "semantic"))
+    usable_dir = template_dir is not None or base_dir is None  # else `template_dir` itself is what is wrong
+    explained = {issue.path for issue in issues}
+    semantic = lambda: semantic_problems(data, template_dir=template_dir, check_files=usable_dir)  # noqa: E731
+    for path, message, at_key in _guarded(semantic, []):
+        if path in unset_paths:
+            continue  # a value left empty by an unset variable (reported, or its provider is disabled)
+        if format_path(path) in explained and not at_key:
+            continue  # e.g. `provider: 1` is "expected text"; "unknown provider `1`" would say it again
         issues.append(_issue_at(file, doc, path, message, "semantic", at_key=at_key))
 
     if issues:

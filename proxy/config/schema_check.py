@@ -3,19 +3,23 @@
 Messages name what is wrong in the user's terms (`unknown key `provders`; did you mean `providers`?`,
 `expected a duration like `500ms`, `5s`, `2m`, `1h``), point at the key or value's line, and never echo the value
 of a secret field.
+
+Stricter than plain JSON Schema in one way: a whole number must be written as one (`port: 80.0` is refused, as
+`80.0` would reach code that needs an integer).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from proxy.config.suggest import did_you_mean, format_path, quote_list
-from proxy.config.yaml_source import Path
+from proxy.config.yaml_source import MAX_INT, Path
 from proxy.resources import config_schema
 
 SECRET_KEYS = frozenset({"api_key", "bearer_tokens", "headers", "url"})
@@ -31,11 +35,21 @@ _TYPE_NAMES = {
 }
 
 
+def _is_whole_number(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_StrictValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_whole_number),
+)
+
+
 @functools.cache
 def validator() -> Draft202012Validator:
     schema = config_schema()
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return _StrictValidator(schema)
 
 
 def _type_of(value: Any) -> str:
@@ -108,12 +122,24 @@ def _describe(error: ValidationError, plain_scalars: dict[Path, str]) -> Iterato
             yield Issue(path, f"missing required key `{key}`", at_key=True)
         return
     if kind == "type":
-        message = f"expected {_expected_type(error.validator_value)}, got {_type_of(value)}"
+        expected = error.validator_value
+        message = f"expected {_expected_type(expected)}, got {_type_of(value)}"
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and value != "":
+            message += f" {_show(value, path)}"
+        elif value == "":
+            message = f"expected {_expected_type(expected)}, got empty text"
         raw = plain_scalars.get(path, "")
-        if isinstance(value, bool) and raw.lower() in _YAML_BOOLEAN_WORDS and "string" in str(error.validator_value):
+        wants_text = "string" in str(expected)
+        if isinstance(value, bool) and raw.lower() in _YAML_BOOLEAN_WORDS and wants_text:
             message += f" (YAML reads a bare `{raw}` as true/false; put it in quotes)"
-        elif value is None and error.validator_value in ("object", "array"):
+        elif value is None and expected in ("object", "array"):
             message += " (nothing follows the key; indent its contents under it)"
+        elif raw and wants_text and not _is_secret(path):
+            message += f' (put it in quotes to make it text: `"{raw}"`)'
+        elif raw and wants_text:
+            message += " (put it in quotes to make it text)"
+        elif isinstance(value, float) and value.is_integer() and expected == "integer":
+            message += f" (write `{int(value)}`)"
         yield Issue(path, message)
         return
     if kind == "enum":
@@ -159,6 +185,13 @@ def _describe(error: ValidationError, plain_scalars: dict[Path, str]) -> Iterato
     yield Issue(path, error.message if not _is_secret(path) else f"invalid value ({kind})")
 
 
+def _get(data: Any, path: Path) -> Any:
+    node = data
+    for part in path:
+        node = node[part]
+    return node
+
+
 def _set(data: Any, path: Path, value: Any) -> None:
     node = data
     for part in path[:-1]:
@@ -172,22 +205,32 @@ def schema_issues(
     plain_scalars: dict[Path, str],
     whole_references: set[Path],
     coerce: Callable[[str], Any],
+    numeric_text: AbstractSet[Path] = frozenset(),
 ) -> list[Issue]:
-    """Every schema problem in `data`. Converts whole `${VAR}` references to numbers/booleans where the schema
-    wants those (mutating `data` in place), then reports what is still wrong."""
+    """Every schema problem in `data`. Converts whole `${VAR}` references to numbers/booleans, and unquoted
+    `numeric_text` (`1e6`) to numbers, where the schema wants those (mutating `data` in place), then reports what
+    is still wrong."""
     check = validator()
     errors = list(check.iter_errors(data))
-    changed = False
+    convertible = whole_references | numeric_text
+    converted_paths: list[Path] = []
     for error in errors:
         path = tuple(error.absolute_path)
-        if error.validator in ("type", "oneOf") and path in whole_references and isinstance(error.instance, str):
+        if error.validator in ("type", "oneOf") and path in convertible and isinstance(error.instance, str):
             converted = coerce(error.instance)
             if converted is not error.instance and not isinstance(converted, str):
                 _set(data, path, converted)
-                changed = True
-    if changed:
+                converted_paths.append(path)
+    if converted_paths:
         errors = list(check.iter_errors(data))
     issues: dict[tuple[Path, str], Issue] = {}
+    for path in converted_paths:
+        value = _get(data, path)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            shown = "(value hidden)" if _is_secret(path) else f"`{str(value)[:37]}...`"
+            too_large = Issue(path, f"{shown} is too large a number (at most {MAX_INT})")
+            issues[(path, too_large.message)] = too_large
+            errors = [e for e in errors if tuple(e.absolute_path) != path]
     for error in errors:
         for issue in _describe(error, plain_scalars):
             issues.setdefault((issue.path, issue.message), issue)  # `required` reports every missing key each time

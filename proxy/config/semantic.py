@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path as FsPath
 from typing import Any
 
-from proxy.config.suggest import did_you_mean, quote_list
+from proxy.config.suggest import clip, did_you_mean, quote_list
 from proxy.config.template_checks import (
     TemplateSyntax,
     read_template_file,
     resolve_template_file,
     template_variables,
 )
+from proxy.config.wire_checks import wire_problems
 from proxy.config.yaml_source import Path
 
 Problem = tuple[Path, str, bool]  # (path, message, points at the key)
@@ -30,7 +31,7 @@ _TYPE_ONLY_FIELDS = {
 
 def _unknown(what: str, name: object, known: dict[str, Any]) -> str:
     hint = did_you_mean(str(name), known)
-    return f"unknown {what} `{name}`" + (hint or f"; declared {what}s: {quote_list(known) or '(none)'}")
+    return f"unknown {what} `{clip(name)}`" + (hint or f"; declared {what}s: {quote_list(known) or '(none)'}")
 
 
 def _provider_problems(providers: dict[str, Any]) -> list[Problem]:
@@ -119,8 +120,8 @@ def _model_problems(data: dict[str, Any]) -> list[Problem]:
         problems.append(
             (
                 where,
-                f"the default model `{default}` is not declared{did_you_mean(default, models)}; declare a "
-                f"model named `{default}` or set `defaults.model` to one of {quote_list(models)}",
+                f"the default model `{clip(default)}` is not declared{did_you_mean(default, models)}; declare a "
+                f"model named `{clip(default)}` or set `defaults.model` to one of {quote_list(models)}",
                 False,
             )
         )
@@ -130,16 +131,20 @@ def _model_problems(data: dict[str, Any]) -> list[Problem]:
 def _state_problems(data: dict[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
     state = data.get("state", {})
-    needs_url = state.get("backend") == "redis" or data.get("cache", {}).get("backend") == "redis"
-    if needs_url and not state.get("url"):
-        where = ("state",) if "state" in data else ()
+    users = [section for section in ("state", "cache") if data.get(section, {}).get("backend") == "redis"]
+    if users and not state.get("url"):
         problems.append(
-            (where, "Redis is used (`state.backend` or `cache.backend` is `redis`) but `state.url` is not set", False)
+            (
+                (users[0], "backend"),
+                f"`{users[0]}.backend` is `redis` but `state.url` is not set; set it, e.g. to "
+                "`redis://127.0.0.1:6379/0` or `${REDIS_URL}`",
+                False,
+            )
         )
     return problems
 
 
-def _template_problems(data: dict[str, Any], template_dir: FsPath | None) -> list[Problem]:
+def _template_problems(data: dict[str, Any], template_dir: FsPath | None, check_files: bool) -> list[Problem]:
     problems: list[Problem] = []
     models = data.get("models", {})
     for name, template in data.get("templates", {}).items():
@@ -152,6 +157,8 @@ def _template_problems(data: dict[str, Any], template_dir: FsPath | None) -> lis
         if model is not None and model not in models:
             problems.append(((*base, "model"), _unknown("model", model, models), False))
         if has_file:
+            if not check_files:
+                continue  # `template_dir` is unusable, and reported
             if template_dir is None:
                 problems.append(((*base, "file"), "template files need the config to be read from a file", False))
                 continue
@@ -165,6 +172,11 @@ def _template_problems(data: dict[str, Any], template_dir: FsPath | None) -> lis
         else:
             source = template["text"]
             where = "the template text"
+        if not source.strip():
+            problems.append(
+                ((*base, "file" if has_file else "text"), f"{where} is empty: every request would be refused", False)
+            )
+            continue
         arguments = template.get("arguments", {})
         declared = list(arguments)
         used: set[str] = set()
@@ -194,11 +206,13 @@ def _template_problems(data: dict[str, Any], template_dir: FsPath | None) -> lis
     return problems
 
 
-def semantic_problems(data: dict[str, Any], *, template_dir: FsPath | None) -> list[Problem]:
-    """Every cross-reference problem in schema-valid `data`."""
+def semantic_problems(data: dict[str, Any], *, template_dir: FsPath | None, check_files: bool = True) -> list[Problem]:
+    """Every cross-reference problem in schema-valid `data`. `check_files=False` skips template files (when
+    `template_dir` itself is unusable)."""
     return (
         _provider_problems(data.get("providers", {}))
         + _model_problems(data)
         + _state_problems(data)
-        + _template_problems(data, template_dir)
+        + _template_problems(data, template_dir, check_files)
+        + wire_problems(data)
     )

@@ -9,8 +9,16 @@ from collections.abc import Iterable, Sequence
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
+def clip(text: object, limit: int = 60) -> str:
+    """`text` for a message: at most `limit` characters (a value can be megabytes long)."""
+    shown = str(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`"; did you mean `providers`?"` when a choice is close to `word`, else an empty string."""
+    if len(word) > 200:
+        return ""  # nothing sensible is that long, and comparing costs time in proportion to its length
     options = [c for c in choices if isinstance(c, str)]
     matches = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
     if not matches:

@@ -1,6 +1,7 @@
 """Load-time checks of prompt templates: the file is inside the template directory and readable, the Jinja2
-compiles, it reads no other file (`{% include %}`, `{% import %}`, `{% from %}`, `{% extends %}`), every variable
-it uses is declared in `arguments`, and every required argument is used.
+compiles (to Python too: nesting too deep for Python, unknown filters and tests are caught here, with a
+did-you-mean), it reads no other file (`{% include %}`, `{% import %}`, `{% from %}`, `{% extends %}`), every
+variable it uses is declared in `arguments`, and every required argument is used.
 
 Uses the same sandboxed, strict environment settings as rendering, so what passes here renders there.
 """
@@ -8,13 +9,16 @@ Uses the same sandboxed, strict environment settings as rendering, so what passe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
 
+from proxy.config.suggest import did_you_mean
 from proxy.config.template_sandbox import BoundedSandbox
 
 MAX_TEMPLATE_BYTES = 256 * 1024
+TOO_DEEP = "the template is nested too deeply (blocks, loops, parentheses or operators inside one another); flatten it"
 # Tags that read another template: the environment has no loader, so they would fail when the runtime builds the
 # template; the load-time checks refuse them first.
 FORBIDDEN_TAGS: dict[type[nodes.Node], str] = {
@@ -37,28 +41,44 @@ def template_environment() -> BoundedSandbox:
     )
 
 
+def _shown_name(name: object) -> str:
+    """A file name for a message: long ones keep their start and end."""
+    text = str(name)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}"
+
+
 def resolve_template_file(template_dir: Path, relative: str) -> Path:
-    """The absolute path of `relative` under `template_dir`; ValueError if it leaves that directory."""
-    base = template_dir.resolve()
-    candidate = (base / relative).resolve()
+    """The absolute path of `relative` under `template_dir`; ValueError if it leaves that directory or cannot
+    be a file name."""
+    if "\0" in relative:
+        raise ValueError("the file name contains a NUL character")
+    try:
+        base = template_dir.resolve()
+        candidate = (base / relative).resolve()
+    except OSError as exc:  # a name too long, a symlink loop
+        raise ValueError(f"`{_shown_name(relative)}` cannot be used: {exc.strerror or exc}") from None
     if candidate != base and base not in candidate.parents:
-        raise ValueError(f"`{relative}` is outside the template directory `{base}`")
+        raise ValueError(f"`{_shown_name(relative)}` is outside the template directory `{base}`")
     return candidate
 
 
 def read_template_file(path: Path) -> str:
     """The template text; ValueError with a clear message when it cannot be used."""
-    if not path.is_file():
-        raise ValueError(f"template file `{path}` does not exist")
-    size = path.stat().st_size
-    if size > MAX_TEMPLATE_BYTES:
-        raise ValueError(f"template file `{path}` is {size:,} bytes; the limit is {MAX_TEMPLATE_BYTES:,}")
     try:
+        if path.is_dir():
+            raise ValueError(f"template file `{_shown_name(path)}` is a directory")
+        if not path.is_file():
+            raise ValueError(f"template file `{_shown_name(path)}` does not exist")
+        size = path.stat().st_size
+        if size > MAX_TEMPLATE_BYTES:
+            raise ValueError(
+                f"template file `{_shown_name(path)}` is {size:,} bytes; the limit is {MAX_TEMPLATE_BYTES:,}"
+            )
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"template file `{path}` is not UTF-8 text (byte {exc.start})") from None
+        raise ValueError(f"template file `{_shown_name(path)}` is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
-        raise ValueError(f"template file `{path}` cannot be read: {exc.strerror}") from None
+        raise ValueError(f"template file `{_shown_name(path)}` cannot be read: {exc.strerror or exc}") from None
 
 
 class TemplateSyntax(ValueError):
@@ -72,16 +92,52 @@ def forbidden_tag_message(tag: str, line: int | None = None) -> str:
     return f"`{tag}` is not allowed{where}: templates cannot read other files; put the text in this template"
 
 
+def tree_problem(env: jinja2.Environment, tree: nodes.Template) -> tuple[int, str, str] | None:
+    """The first thing in a parsed template that keeps it from being built: a tag that reads another file, an
+    unknown filter or test (with a did-you-mean). Returns (line, message saying the line, message without it)."""
+    found: list[tuple[int, str, str]] = [
+        (node.lineno, forbidden_tag_message(tag, node.lineno), forbidden_tag_message(tag))
+        for node_type, tag in FORBIDDEN_TAGS.items()
+        for node in tree.find_all(node_type)
+    ]
+    for kind, node_types, known in (
+        ("filter", (nodes.Filter, nodes.FilterBlock), env.filters),
+        ("test", (nodes.Test,), env.tests),
+    ):
+        for node in tree.find_all(node_types):
+            name = node.filter.name if isinstance(node, nodes.FilterBlock) else node.name
+            if name not in known:
+                what = f"unknown {kind} `{name}`"
+                hint = did_you_mean(name, known)
+                found.append((node.lineno, f"{what} at line {node.lineno}{hint}", what + hint))
+    return min(found) if found else None
+
+
+def compile_tree(env: jinja2.Environment, tree: nodes.Template, name: str | None = None) -> Any:
+    """The template compiled to Python code; TemplateSyntax (in words) when it cannot be."""
+    try:
+        return env.compile(tree, name=name, filename=name)
+    except jinja2.TemplateSyntaxError as exc:  # TemplateAssertionError: something the parser let through
+        raise TemplateSyntax(exc.lineno, f"Jinja2 error at line {exc.lineno}: {exc.message}") from None
+    except (SyntaxError, RecursionError, MemoryError):  # SyntaxError: Python's nesting limits (100 levels, 20 loops)
+        raise TemplateSyntax(None, TOO_DEEP) from None
+
+
 def template_variables(source: str) -> set[str]:
     """The variables a template reads; raises TemplateSyntax (with the template line) if it does not compile or
-    uses a tag that reads another file."""
+    uses a tag that reads another file or an unknown filter or test."""
     env = template_environment()
     try:
         tree = env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateSyntax(exc.lineno, f"Jinja2 syntax error at line {exc.lineno}: {exc.message}") from None
-    forbidden = [(node.lineno, tag) for node_type, tag in FORBIDDEN_TAGS.items() for node in tree.find_all(node_type)]
-    if forbidden:
-        line, tag = min(forbidden)
-        raise TemplateSyntax(line, forbidden_tag_message(tag, line))
-    return set(meta.find_undeclared_variables(tree))
+    except (RecursionError, MemoryError):
+        raise TemplateSyntax(None, TOO_DEEP) from None
+    try:
+        problem = tree_problem(env, tree)
+        if problem is not None:
+            raise TemplateSyntax(problem[0], problem[1])
+        compile_tree(env, tree)
+        return set(meta.find_undeclared_variables(tree))
+    except (RecursionError, MemoryError):  # an expression nested thousands deep (`1+1+1+...`)
+        raise TemplateSyntax(None, TOO_DEEP) from None

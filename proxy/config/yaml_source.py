@@ -5,19 +5,26 @@ Stricter than `yaml.safe_load`, because a config file deserves it:
 - keys must be scalars and are kept as their source text (`1:` is the key "1", `on:` is "on");
 - alias expansion is bounded (a "billion laughs" file is rejected after `MAX_NODES` nodes, in bounded memory),
   and so is nesting depth;
-- NaN and infinities are rejected; timestamps stay strings.
+- NaN and infinities are rejected; timestamps stay strings;
+- numbers YAML 1.1 reads differently from what they look like are errors that say so: a leading zero (`0100` is
+  the octal 64), `0x`/`0b` prefixes and base 60 (`1:30` is 90); so are whole numbers beyond 64 bits, and values an
+  explicit tag cannot read (`!!int abc`);
+- unquoted numbers in exponent form without a dot or sign (`1e6`, YAML 1.2 style), which YAML 1.1 reads as text,
+  are listed in `numeric_text` so the loader can treat them as numbers where the schema wants one.
 Merge keys (`<<: *defaults`) work as in YAML 1.1. Every problem becomes a `ConfigIssue` with its position.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 import yaml
 
+from proxy.config.suggest import format_path
 from proxy.errors import ConfigIssue
 
 # The pure-Python loader on purpose: libyaml's composer recurses in C and crashes the process on input nested
@@ -26,9 +33,15 @@ _BaseLoader = yaml.SafeLoader
 
 MAX_NODES = 100_000
 MAX_DEPTH = 64
+MAX_INT = 2**63 - 1  # the largest whole number a config value may be (beyond it, a number is surely a typo)
 
 Path = tuple[str | int, ...]
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+_INT_TAG = "tag:yaml.org,2002:int"
+_DECIMAL_INT = re.compile(r"^[-+]?(0|[1-9][0-9_]*)$")
+_OCTAL_INT = re.compile(r"^[-+]?0[0-7_]+$")
+# YAML 1.2 floats that YAML 1.1 resolves as text: an exponent without a dot or without a sign (`1e6`, `2.5e10`).
+NUMERIC_TEXT = re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 
 
 @dataclass
@@ -37,6 +50,7 @@ class YamlDocument:
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)  # value node of each path
     key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict)  # key node of mapping entries
     plain_scalars: dict[Path, str] = field(default_factory=dict)  # source text of unquoted non-string scalars
+    numeric_text: set[Path] = field(default_factory=set)  # unquoted text that YAML 1.2 reads as a number (`1e6`)
 
     def position(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
         """The position of `path`, or of its nearest ancestor that has one."""
@@ -68,11 +82,9 @@ class _Walker:
         self.doc = YamlDocument(data=None)
         self.issues: list[ConfigIssue] = []
 
-    def issue(self, node: yaml.Node, path: Path, message: str) -> None:
-        from proxy.config.suggest import format_path
-
-        line, col = _pos(node)
-        self.issues.append(ConfigIssue(self.file, line, col, format_path(path), message, "yaml"))
+    def issue(self, node: yaml.Node, path: Path, message: str, *, mark: Any = None) -> None:
+        mark = mark or node.start_mark
+        self.issues.append(ConfigIssue(self.file, mark.line + 1, mark.column + 1, format_path(path), message, "yaml"))
 
     def walk(self, node: yaml.Node, path: Path, depth: int) -> Any:
         self.nodes += 1
@@ -108,8 +120,15 @@ class _Walker:
         try:
             self.loader.flatten_mapping(node)  # expands `<<: *anchor` merge keys in place
         except yaml.constructor.ConstructorError as exc:
-            self.issue(node, path, f"invalid merge key: {exc.problem}")
-            return {}
+            # PyYAML has taken the bad `<<` entry out already; `problem_mark` is where its value starts.
+            message = f"invalid merge key `<<`: {exc.problem}; merge an anchored mapping (`<<: *name`)"
+            self.issue(node, path, message, mark=exc.problem_mark)
+            # Keep the mapping's own keys, so the rest of it is still checked (a merge key is never data).
+            node.value = [
+                (k, v)
+                for k, v in node.value
+                if not (isinstance(k, yaml.ScalarNode) and k.tag == "tag:yaml.org,2002:merge")
+            ]
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
@@ -124,20 +143,67 @@ class _Walker:
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         if node.tag == "tag:yaml.org,2002:timestamp":
             return node.value
+        text = _short(node.value)
         try:
             value = self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             self.issue(node, path, f"cannot read this value: {problem}")
             return None
+        except (ValueError, KeyError, TypeError, OverflowError):
+            # An explicit tag that does not fit the text (`!!int abc`, `!!bool maybe`), or a whole number too long
+            # for Python to read.
+            if node.tag == _INT_TAG and node.value.strip("+-_0123456789") == "":
+                self.issue(node, path, f"`{text}` is too large a number")
+            else:
+                kind = node.tag.rsplit(":", 1)[-1]
+                self.issue(node, path, f"`{text}` cannot be read as `!!{kind}`; remove the tag or fix the value")
+            return None
         if isinstance(value, float) and not math.isfinite(value):
-            self.issue(node, path, f"`{node.value}` is not a finite number")
+            self.issue(node, path, f"`{text}` is not a finite number")
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            self.issue(node, path, f"`{text}` is too large a number (at most {MAX_INT})")
             return None
         if isinstance(value, date):  # pragma: no cover - timestamps are kept as text above
             return node.value
+        if node.style is None and isinstance(value, int | float) and not isinstance(value, bool):
+            surprise = _yaml11_number(node.value, value)
+            if surprise:
+                self.issue(node, path, surprise)
+                return None
         if node.style is None and not isinstance(value, str):
             self.doc.plain_scalars[path] = node.value
+        if node.style is None and isinstance(value, str) and NUMERIC_TEXT.match(value):
+            self.doc.numeric_text.add(path)
         return value
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _yaml11_number(source: str, value: float) -> str | None:
+    """Why an unquoted number means something other than it looks (YAML 1.1 rules), or None when it does not."""
+    plain = source.strip()
+    if ":" in plain:
+        return (
+            f"YAML reads `{_short(plain)}` as the base-60 number {value:g}; for a duration write e.g. `1m30s`, "
+            "or put it in quotes if it is text"
+        )
+    if isinstance(value, float):
+        return None
+    if _DECIMAL_INT.match(plain):
+        return None
+    if _OCTAL_INT.match(plain):
+        return (
+            f"YAML reads `{_short(plain)}` as the octal number {value} because it starts with 0; "
+            f"write it without the leading zeros, or put it in quotes if it is text"
+        )
+    base = "hexadecimal" if "x" in plain.lower() else "binary"
+    return (
+        f"YAML reads `{_short(plain)}` as the {base} number {value}; write {value}, or put it in quotes if it is text"
+    )
 
 
 def _syntax_issue(file: str, exc: yaml.YAMLError) -> ConfigIssue:
