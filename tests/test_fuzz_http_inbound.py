@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +105,10 @@ class Proxy:
         self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Answer:
         all_headers = {**AUTH, "content-type": "application/json", **(headers or {})}
-        async with self.session.request(method, path, data=data, headers=all_headers) as response:
-            return Answer(response.status, dict(response.headers), await response.read())
+        body = io.BytesIO(data) if data and len(data) > 1024 * 1024 else data  # aiohttp warns about big bytes
+        async with self.session.request(method, path, data=body, headers=all_headers) as response:
+            headers = {name.lower(): value for name, value in response.headers.items()}
+            return Answer(response.status, headers, await response.read())
 
     async def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Answer:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -122,8 +126,9 @@ class Proxy:
             writer.close()
 
 
-@pytest.fixture
-async def proxy(openai_fake: OpenAIFake, anthropic_fake: AnthropicFake) -> AsyncIterator[Proxy]:
+@asynccontextmanager
+async def serve_proxy(openai_fake: OpenAIFake, anthropic_fake: AnthropicFake) -> AsyncIterator[Proxy]:
+    """Both fronts over `CONFIG` (auth on; `default` is the echoing mock, `gpt`/`claude` the fakes)."""
     text = CONFIG.replace("OPENAI_URL", openai_fake.base_url).replace("ANTHROPIC_URL", anthropic_fake.base_url)
     routes = [*openai_api.routes, *anthropic_api.routes]
     async with (
@@ -131,6 +136,12 @@ async def proxy(openai_fake: OpenAIFake, anthropic_fake: AnthropicFake) -> Async
         aiohttp.ClientSession(base_url) as session,
     ):
         yield Proxy(base_url, session, openai_fake, anthropic_fake)
+
+
+@pytest.fixture
+async def proxy(openai_fake: OpenAIFake, anthropic_fake: AnthropicFake) -> AsyncIterator[Proxy]:
+    async with serve_proxy(openai_fake, anthropic_fake) as served:
+        yield served
 
 
 # --- bodies that are not a JSON object ------------------------------------------------------------------------
