@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,10 @@ def read_config_bytes(path: Path) -> tuple[str | None, list[ConfigIssue]]:
     try:
         if path.is_dir():
             return None, [ConfigIssue(file, None, None, "", "is a directory, not a config file", "io")]
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a pipe or a device would block the read, or never end
+            return None, [ConfigIssue(file, None, None, "", "is not a regular file (a pipe or a device?)", "io")]
+        size = info.st_size
         if size > MAX_CONFIG_BYTES:
             return None, [
                 ConfigIssue(
@@ -63,7 +67,12 @@ def read_config_bytes(path: Path) -> tuple[str | None, list[ConfigIssue]]:
                     "io",
                 )
             ]
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)  # the file may have grown since it was measured
+        if len(raw) > MAX_CONFIG_BYTES:
+            return None, [
+                ConfigIssue(file, None, None, "", f"the file is over {MAX_CONFIG_BYTES // (1024 * 1024)} MiB", "io")
+            ]
     except FileNotFoundError:
         return None, [ConfigIssue(file, None, None, "", "no such file", "io")]
     except PermissionError:
