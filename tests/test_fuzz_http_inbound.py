@@ -421,3 +421,12 @@ async def test_a_client_leaving_before_its_body_is_whole_gets_a_499_not_a_500(pa
     finally:
         await engine.aclose()
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+
+
+async def test_query_strings_are_ignored(proxy):
+    """No endpoint reads one: `?stream=true` does not stream, junk is not an error."""
+    for path in PATHS:
+        body = json.dumps(minimal(path)).encode()
+        for query in ("stream=true", "model=nope&model=x", "a=%ff%00&&=&b", "x=" + "q" * 4000):
+            answer = await proxy.send("POST", f"{path}?{query}", body)
+            assert answer.status == 200 and answer.headers["content-type"] == "application/json", (path, query)
