@@ -254,6 +254,8 @@ async def test_other_methods_are_a_405_and_unknown_paths_a_404_in_the_apis_shape
         for method in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "PURGE"):
             answer = await proxy.send(method, path, json.dumps(minimal(path)).encode())
             problems += [f"{method} {path}: {p}" for p in error_problems(path, answer, 405, words=method)]
+            if "POST" not in answer.headers.get("allow", ""):  # RFC 9110: a 405 says what is allowed
+                problems.append(f"{method} {path}: no Allow header naming POST: {answer.headers}")
     for path in ("/v1/nope", "/v1/chat/completions/x", "/v1/messages/x", "/v1/messagesx", "/V1/messages", "/"):
         for method in ("GET", "POST"):
             answer = await proxy.send(method, path, b"{}")

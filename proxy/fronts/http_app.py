@@ -240,7 +240,9 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         404: f"no such endpoint: {request.method} {request.url.path}",
         405: f"{request.method} is not allowed on {request.url.path}",
     }.get(exc.status_code, str(exc.detail))
-    return error_for_path(request.url.path, exc.status_code, detail)
+    response = error_for_path(request.url.path, exc.status_code, detail)
+    response.headers.update(exc.headers or {})  # a 405's Allow (RFC 9110 requires it)
+    return response
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
