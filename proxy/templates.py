@@ -32,7 +32,7 @@ import jinja2
 from jinja2.sandbox import SecurityError
 
 from proxy.config.model import Config, TemplateConfig
-from proxy.config.suggest import did_you_mean, quote_list
+from proxy.config.suggest import clip, did_you_mean, quote_list
 from proxy.config.template_checks import (
     TOO_DEEP,
     TemplateSyntax,
@@ -47,7 +47,8 @@ from proxy.errors import ConfigError, ConfigIssue, TemplateError
 from proxy.types import ChatRequest, Message
 
 MAX_RENDERED_BYTES = 1024 * 1024  # the system text and the body together, UTF-8
-RENDERER_VERSION = "1"  # part of every template version: bump when rendering semantics change
+RENDERER_VERSION = "2"  # part of every template version: bump when rendering semantics change
+MAX_LISTED = 10  # unknown arguments named in one error
 # What a template can raise while rendering: Jinja's errors (undefined, sandbox) and the Python errors of the
 # expressions it evaluates ('a' + 1, 1 / 0, a recursive macro).
 _RENDER_ERRORS = (
@@ -315,7 +316,10 @@ def _bind(config: TemplateConfig, arguments: Mapping[str, Any]) -> dict[str, Any
     if not isinstance(arguments, Mapping):
         raise _argument_error(name, f"template `{name}`: `arguments` must be an object of name: value")
     declared = [arg.name for arg in config.arguments]
-    problems = [f"unknown argument `{key}`{_hint(str(key), declared)}" for key in arguments if key not in declared]
+    unknown = [key for key in arguments if key not in declared]
+    problems = [f"unknown argument `{clip(key)}`{_hint(str(key), declared)}" for key in unknown[:MAX_LISTED]]
+    if len(unknown) > MAX_LISTED:
+        problems.append(f"{len(unknown) - MAX_LISTED} more unknown arguments")
     missing = [arg.name for arg in config.arguments if arg.required and arguments.get(arg.name) is None]
     if missing:
         problems.append(f"missing required argument{'s' if len(missing) > 1 else ''} {quote_list(missing)}")

@@ -446,8 +446,11 @@ def _bounded_tilde(parts: Iterable[Any]) -> str:
 
 
 def _finalize(value: Any) -> Any:
-    """Every `{{ }}` value: a list or object is refused before it is turned into too much text."""
-    if not isinstance(value, str | int | float) and value is not None:
+    """Every `{{ }}` value: `none` prints as nothing (an optional argument that was not given must not put
+    "None" into a prompt); a list or object is refused before it is turned into too much text."""
+    if value is None:
+        return ""
+    if not isinstance(value, str | int | float):
         _check_text(printed_size(value), "the printed value")
     return value
 

@@ -6,7 +6,8 @@ engine once per call (the engine reads its runtime once per request, so a reload
 
 `ProxyTool` wraps every call the same way, so the functions only say what the tool does:
 - arguments are checked first: an unknown argument (with did-you-mean) or a value of the wrong type or range gives
-  an `isError` result naming the argument, in words rather than pydantic's dump;
+  an `isError` result naming the argument, in words rather than pydantic's dump (pydantic's lax mode converts
+  `"5"` to 5, but `true` is not taken for a number, nor a message object with keys it does not know);
 - while the server shuts down, new calls are refused (`McpFront.closing`) and running ones are counted, so the
   shutdown can wait for them;
 - a `ProxyError` becomes the tool error of `tool_results.proxy_error_result`; anything else is a bug: logged with
@@ -33,10 +34,11 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from proxy import logs
-from proxy.config.suggest import did_you_mean
+from proxy.config.suggest import clip, did_you_mean
 from proxy.errors import ProxyError, RequestError
 from proxy.fronts.tool_results import (
     Completion,
@@ -72,11 +74,32 @@ ModelArg = Annotated[
         "Omit it to use the config's default model."
     ),
 ]
+MAX_TOKENS_LIMIT = 2**31 - 1  # what any API accepts; beyond it, token arithmetic would overflow a float
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """Lax mode reads `true` as 1: a boolean is not a number here."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "Input should be a number, not true or false")
+    return value
+
+
+def _token_count(value: int | None) -> int | None:
+    if value is not None and value > MAX_TOKENS_LIMIT:
+        raise PydanticCustomError("less_than_equal", "Input should be at most {limit}", {"limit": MAX_TOKENS_LIMIT})
+    return value
+
+
+NoBoolean = BeforeValidator(_not_a_boolean)
+TokenCount = AfterValidator(_token_count)  # a validator, not `le=`: the input schema stays as clients know it
 MaxTokensArg = Annotated[
-    int | None, Field(ge=1, description="Maximum tokens to generate (default: the config's `defaults.max_tokens`)")
+    int | None,
+    Field(ge=1, description="Maximum tokens to generate (default: the config's `defaults.max_tokens`)"),
+    NoBoolean,
+    TokenCount,
 ]
 TemperatureArg = Annotated[
-    float | None, Field(ge=0, le=2, description="Sampling temperature, 0 to 2 (default: the provider's)")
+    float | None, Field(ge=0, le=2, description="Sampling temperature, 0 to 2 (default: the provider's)"), NoBoolean
 ]
 StreamArg = Annotated[
     bool,
@@ -88,6 +111,8 @@ StreamArg = Annotated[
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # `{"role": "user", "text": "..."}` names `text`, not just `content`
+
     role: Literal["system", "user", "assistant"] = Field(description="Who says it")
     content: str = Field(description="The message text")
 
@@ -113,7 +138,9 @@ class ProxyTool(Tool):
                 hint = did_you_mean(key, known).removeprefix("; ")
                 hint = f" ({hint})" if hint else ""
                 listing = ", ".join(f"`{name}`" for name in known)
-                problems.append((key, f"unknown argument `{key}` for `{self.name}`{hint}; its arguments: {listing}"))
+                problems.append(
+                    (key, f"unknown argument `{clip(key)}` for `{self.name}`{hint}; its arguments: {listing}")
+                )
         try:
             self.fn_metadata.validate_arguments(arguments)
         except ValidationError as exc:
@@ -232,9 +259,11 @@ def build_tools(front: McpFront) -> list[Tool]:
             Field(description="The template's arguments, name -> value (see the prompt's arguments)"),
         ] = None,
         model: Annotated[str | None, Field(description="Overrides the template's model")] = None,
-        max_tokens: Annotated[int | None, Field(ge=1, description="Overrides the template's max_tokens")] = None,
+        max_tokens: Annotated[
+            int | None, Field(ge=1, description="Overrides the template's max_tokens"), NoBoolean, TokenCount
+        ] = None,
         temperature: Annotated[
-            float | None, Field(ge=0, le=2, description="Overrides the template's temperature")
+            float | None, Field(ge=0, le=2, description="Overrides the template's temperature"), NoBoolean
         ] = None,
         stream: StreamArg = False,
     ) -> Annotated[CallToolResult, Completion]:

@@ -247,7 +247,12 @@ def _argument_path(loc: Sequence[int | str]) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, str) and len(value) > 60:
+        value = value[:60]  # not the whole of a megabyte string
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, RecursionError):  # nested too deeply, or a circular value
+        return f"a {type(value).__name__}"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -261,6 +266,9 @@ def argument_problems(tool: str, error: ValidationError) -> list[tuple[str, str]
         path = _argument_path(loc) or "arguments"
         if item["type"] == "missing":
             problems.append((path, f"`{tool}` needs the argument `{path}`"))
+        elif item["type"] == "extra_forbidden" and len(loc) > 1:
+            parent = _argument_path(loc[:-1])
+            problems.append((path, f"invalid argument `{parent}` for `{tool}`: unknown key `{loc[-1]}`"))
         else:
             msg = item["msg"][0].lower() + item["msg"][1:]
             problems.append((path, f"invalid argument `{path}` for `{tool}`: {msg} (got {_shown(item.get('input'))})"))
@@ -268,12 +276,20 @@ def argument_problems(tool: str, error: ValidationError) -> list[tuple[str, str]
     return [p for p in problems if not (p in seen or seen.add(p))]
 
 
+MAX_LISTED_PROBLEMS = 10  # a call with thousands of bad arguments gets a readable answer, not megabytes
+
+
 def invalid_arguments_result(problems: Sequence[tuple[str, str]]) -> CallToolResult:
-    """One line per (argument path, message); `_meta` names the arguments (`param` is the first)."""
+    """One line per (argument path, message), the first `MAX_LISTED_PROBLEMS` of them; `_meta` names the
+    arguments (`param` is the first)."""
+    lines = [message for _, message in problems[:MAX_LISTED_PROBLEMS]]
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more problems with the arguments")
     return error_result(
-        "\n".join(message for _, message in problems),
+        "\n".join(lines),
         type="InvalidArguments",
         status=400,
-        param=problems[0][0] if problems else None,
-        params=[path for path, _ in problems],
+        param=problems[0][0][:100] if problems else None,
+        params=[path[:100] for path, _ in problems[:MAX_LISTED_PROBLEMS]],
+        problems=len(problems),
     )

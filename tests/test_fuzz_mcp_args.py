@@ -1,0 +1,133 @@
+"""MCP tool arguments, adversarially, through the SDK's `Client` in both protocol eras: missing, wrong types, extra
+keys, huge and deeply nested values, unknown names. Every call gets a tool result (never a protocol error or an
+exception); a bad one is an `isError` result naming the argument in `_meta.param`, short enough to read; the server
+answers normally afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from mcp import Client
+
+from proxy.fronts.mcp_server import McpFront
+from proxy.fronts.tool_results import ERROR_META_KEY, MAX_LISTED_PROBLEMS
+from tests.test_mcp_server import CONFIG, MODES, build_engine
+
+FUZZ_CONFIG = CONFIG + (
+    "  maybe:\n"
+    '    text: "Topic: {{ topic }}. Tone: [{{ tone }}]"\n'
+    "    arguments:\n"
+    "      topic: {required: true}\n"
+    '      tone: {description: "optional, without a default"}\n'
+)
+
+
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@asynccontextmanager
+async def connect(mode: str) -> AsyncIterator[Client]:
+    engine = build_engine(FUZZ_CONFIG)
+    try:
+        async with Client(McpFront(engine).server, mode=mode) as client:
+            yield client
+    finally:
+        await engine.aclose()
+
+
+BAD_CALLS = [
+    # (tool, arguments, the argument named in _meta.param, words in the message)
+    ("complete_text", {"prompt": "x", "max_tokens": True}, "max_tokens", ["not true or false"]),
+    ("complete_text", {"prompt": "x", "max_tokens": 10**30}, "max_tokens", ["at most 2147483647"]),
+    ("complete_text", {"prompt": "x", "max_tokens": 10**400}, "max_tokens", ["at most 2147483647"]),
+    ("complete_text", {"prompt": "x", "temperature": False}, "temperature", ["not true or false"]),
+    ("complete_text", {"prompt": None}, "prompt", ["valid string"]),
+    ("complete_text", {"prompt": nested(200)}, "prompt", ["valid string", "[[[["]),
+    ("complete_text", {"prompt": "x", "model": "wrods"}, "model", ["unknown model `wrods`"]),
+    ("complete_text", {"prompt": "x", "modle": "words"}, "modle", ["unknown argument `modle`", "`model`?"]),
+    ("complete_text", {"prompt": "x", "k" * 100_000: 1}, "k" * 100, ["unknown argument `kkk", "...`"]),
+    ("complete_chat", {"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0].name", [
+        "invalid argument `messages[0]`", "unknown key `name`"
+    ]),
+    ("complete_chat", {"messages": [{"role": "user", "text": "hi"}]}, "messages[0].content", ["`messages[0].content`"]),
+    ("complete_chat", {"messages": [{"role": "user", "content": "x"}], "max_tokens": True}, "max_tokens", ["true"]),
+    ("complete_template", {"template": "greet", "arguments": {"name": "x"}, "max_tokens": True}, "max_tokens", [
+        "not true or false"
+    ]),
+    ("complete_template", {"template": "greet", "arguments": {"name": "x"}, "max_tokens": 2**31}, "max_tokens", [
+        "at most"
+    ]),
+    ("complete_template", {"template": "gret"}, "template", ["did you mean `greet`"]),
+    ("complete_template", {"template": "greet", "arguments": "name=x"}, "arguments", ["valid dictionary"]),
+    ("complete_template", {"template": "greet", "arguments": {"nam": "x"}}, "arguments", ["unknown argument `nam`"]),
+    ("get_metrics", {"provider": "ecoh"}, "provider", ["unknown provider `ecoh`"]),
+    ("list_providers", {"include_metrics": None}, "include_metrics", ["valid boolean"]),
+]  # fmt: skip
+
+
+def error_of(result) -> tuple[str, dict]:
+    assert result.is_error, result
+    [content] = result.content
+    assert "Traceback" not in content.text and "internal error" not in content.text
+    return content.text, result.meta[ERROR_META_KEY]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_bad_arguments_are_tool_errors_naming_the_argument(mode):
+    async with connect(mode) as client:
+        for tool, arguments, param, words in BAD_CALLS:
+            text, meta = error_of(await client.call_tool(tool, arguments))
+            assert meta["param"] == param, (tool, arguments, text)
+            for word in words:
+                assert word in text, (tool, text)
+            assert len(text) < 1000
+        assert (await client.call_tool("complete_text", {"prompt": "still here"})).content[0].text == "still here"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_thousands_of_bad_arguments_get_a_short_answer(mode):
+    async with connect(mode) as client:
+        text, meta = error_of(
+            await client.call_tool("complete_text", {"prompt": "x", **{f"k{i}": i for i in range(3000)}})
+        )
+        assert text.count("\n") == MAX_LISTED_PROBLEMS and text.endswith(
+            "... and 2990 more problems with the arguments"
+        )
+        assert meta["problems"] == 3000 and len(meta["params"]) == MAX_LISTED_PROBLEMS
+        arguments = {"text": "a", **{f"k{i}": i for i in range(3000)}}
+        text, meta = error_of(
+            await client.call_tool("complete_template", {"template": "shout", "arguments": arguments})
+        )
+        assert "2990 more unknown arguments" in text and len(text) < 1000 and meta["param"] == "arguments"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_odd_but_valid_values_are_answered(mode):
+    async with connect(mode) as client:
+        # Deeply nested JSON as a template argument, lax numbers, and a temperature the client cannot encode (sent as
+        # null by the SDK) are answers, not failures.
+        for tool, arguments in [
+            ("complete_template", {"template": "shout", "arguments": {"text": nested(200)}}),
+            ("complete_text", {"prompt": "x", "max_tokens": "5"}),
+            ("complete_text", {"prompt": "x", "max_tokens": 2**31 - 1}),
+            ("complete_text", {"prompt": "x", "temperature": float("inf")}),
+            ("complete_chat", {"messages": [{"role": "user", "content": "hi"}] * 2000}),
+        ]:
+            result = await client.call_tool(tool, arguments)
+            assert not result.is_error, (tool, result.content[0].text)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_optional_argument_left_out_prints_nothing(mode):
+    async with connect(mode) as client:
+        result = await client.call_tool("complete_template", {"template": "maybe", "arguments": {"topic": "tea"}})
+        assert not result.is_error
+        prompt = await client.get_prompt("maybe", {"topic": "tea"})
+        assert prompt.messages[0].content.text == "Topic: tea. Tone: []"  # not "[None]"
