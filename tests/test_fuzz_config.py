@@ -300,3 +300,15 @@ def test_unusable_files_are_one_clear_issue(tmp_path, content, words):
     path.write_bytes(content)
     result = check_config_file(path, env={})
     assert result.config is None and len(result.issues) == 1 and words in result.issues[0].message
+
+
+def test_symbolic_link_loops_are_reported(tmp_path):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "a.j2").symlink_to("b.j2")
+    (templates / "b.j2").symlink_to("a.j2")
+    (tmp_path / "loop").symlink_to("loop")
+    issue = one(MINIMAL + "templates:\n  t: {file: a.j2}\n", base_dir=tmp_path)
+    assert (issue.path, issue.line) == ("templates.t.file", 10) and "form a loop" in issue.message
+    issue = one(MINIMAL + "template_dir: loop\ntemplates:\n  t: {file: a.j2}\n", base_dir=tmp_path)
+    assert (issue.path, issue.line) == ("template_dir", 9) and "form a loop" in issue.message

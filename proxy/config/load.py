@@ -108,8 +108,10 @@ def _template_dir(data: dict[str, Any], base_dir: Path | None) -> tuple[Path | N
         return (base_dir / value).resolve(), None
     except ValueError:  # a NUL character
         return None, "the directory name contains a NUL character"
-    except OSError as exc:  # too long, a symlink loop
+    except OSError as exc:  # a name too long
         return None, f"cannot use this directory: {exc.strerror or exc}"
+    except RuntimeError:  # Python < 3.13 reports a symlink loop so
+        return None, "cannot use this directory: its symbolic links form a loop"
 
 
 def _version_hash(text: str, config: Config) -> str:

@@ -55,8 +55,10 @@ def resolve_template_file(template_dir: Path, relative: str) -> Path:
     try:
         base = template_dir.resolve()
         candidate = (base / relative).resolve()
-    except OSError as exc:  # a name too long, a symlink loop
+    except OSError as exc:  # a name too long
         raise ValueError(f"`{_shown_name(relative)}` cannot be used: {exc.strerror or exc}") from None
+    except RuntimeError:  # Python < 3.13 reports a symlink loop so
+        raise ValueError(f"`{_shown_name(relative)}` cannot be used: its symbolic links form a loop") from None
     if candidate != base and base not in candidate.parents:
         raise ValueError(f"`{_shown_name(relative)}` is outside the template directory `{base}`")
     return candidate
