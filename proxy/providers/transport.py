@@ -5,7 +5,13 @@ a DNS cache, no cookie jar), created lazily inside the running event loop. It se
 
 - `await send(call)` -> `RawReply(status, headers, body)`: the whole reply, whatever its status;
 - `async with stream(call) as reply:` -> `UpstreamStream` with `.status`, `.headers`, `await reply.read()` (the
-  rest of the body, for error replies) and `async for data in reply` (raw byte chunks as they arrive).
+  rest of the body, for error replies), `await reply.read_whole()` (the rest of a 2xx body that is not a stream
+  after all) and `async for data in reply` (raw byte chunks as they arrive).
+
+Bodies read whole are bounded (after decompression): a 2xx reply over `MAX_REPLY_BYTES` (32 MiB) is an
+`UpstreamProtocolError` as soon as it passes the bound, and an error reply is cut at `MAX_ERROR_BODY_BYTES` (1 MiB;
+only its message is wanted). Either way the connection is then dropped, not pooled. A body that does not decode
+under its `content-encoding` (gzip claimed, plain bytes sent) is an `UpstreamProtocolError` saying so.
 
 Timeouts (`TimeoutConfig`, seconds):
 - `connect`: DNS, TCP and TLS, including the wait for a free pooled connection;
@@ -38,6 +44,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from proxy import __version__, telemetry
 from proxy.config.model import TimeoutConfig
@@ -51,7 +58,10 @@ from proxy.errors import (
 from proxy.otel_fast import traced_headers
 from proxy.providers.base import HttpCall
 
-__all__ = ["RawReply", "Transport", "UpstreamStream", "map_transport_error"]
+__all__ = ["MAX_ERROR_BODY_BYTES", "MAX_REPLY_BYTES", "RawReply", "Transport", "UpstreamStream", "map_transport_error"]
+
+MAX_REPLY_BYTES = 32 * 1024 * 1024  # a whole 2xx reply; more is an UpstreamProtocolError (memory is per request)
+MAX_ERROR_BODY_BYTES = 1024 * 1024  # an error reply is cut here: only its message and an excerpt are used
 
 # Where in an exchange a failure happened; decides how a dropped connection or a silence is reported.
 Stage = Literal["request", "body", "first_chunk", "stream"]
@@ -108,6 +118,12 @@ def map_transport_error(
     if isinstance(exc, aiohttp.ServerTimeoutError):  # sock_read: no data for `first_token` seconds
         if stage == "stream":
             return interrupted(f"no data for {timeout.first_token:g}s")
+        if stage == "body":
+            return UpstreamTimeout(
+                f"{provider}: the reply from {where} stalled: no data for {timeout.first_token:g}s",
+                provider=provider,
+                phase="first_token",
+            )
         return UpstreamTimeout(
             f"{provider}: no reply from {where} within {timeout.first_token:g}s", provider=provider, phase="first_token"
         )
@@ -126,6 +142,11 @@ def map_transport_error(
     if isinstance(exc, aiohttp.ClientConnectorError):
         reason = exc.strerror or type(exc).__name__
         return UpstreamConnectError(f"{provider}: cannot connect to {where}: {reason}", provider=provider)
+    if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(exc.__cause__, ContentEncodingError):
+        reason = f"its body does not decode as its content-encoding says ({exc.__cause__.message})"
+        if streaming:
+            return interrupted(reason)
+        return UpstreamProtocolError(f"{provider}: the reply from {where} is broken: {reason}", provider=provider)
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
         if streaming:
             return interrupted("the connection was closed")
@@ -135,7 +156,10 @@ def map_transport_error(
     if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         return UpstreamConnectError(f"{provider}: the upstream URL is not a valid http(s) URL", provider=provider)
     if isinstance(exc, aiohttp.ClientResponseError):  # a reply that is not valid HTTP
-        return UpstreamProtocolError(f"{provider}: {where} sent an invalid HTTP reply", provider=provider)
+        cause = exc.__cause__
+        detail = getattr(cause, "message", None) if isinstance(cause, HttpProcessingError) else None
+        said = f" ({' '.join(str(detail).split())[:200]})" if detail else ""
+        return UpstreamProtocolError(f"{provider}: {where} sent an invalid HTTP reply{said}", provider=provider)
     if streaming:
         return interrupted(type(exc).__name__)
     return UpstreamConnectError(f"{provider}: request to {where} failed: {type(exc).__name__}", provider=provider)
@@ -145,15 +169,38 @@ def map_transport_error(
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
+class _TooLarge(Exception):
+    """A 2xx body passed `MAX_REPLY_BYTES`."""
+
+
+async def _read_body(response: aiohttp.ClientResponse, content: aiohttp.StreamReader, limit: int, cut: bool) -> bytes:
+    """The rest of a body, at most `limit` bytes: cut there (`cut`), else `_TooLarge` once it is passed."""
+    length = response.content_length
+    if length is not None and length <= limit and "Content-Encoding" not in response.headers:
+        return await content.read()  # the common case: a small declared length, read in one go
+    parts: list[bytes] = []
+    size = 0
+    while data := await content.readany():
+        size += len(data)
+        if size > limit:
+            if not cut:
+                raise _TooLarge
+            parts.append(data[: len(data) - (size - limit)])
+            break
+        parts.append(data)
+    return b"".join(parts)
+
+
 class UpstreamStream:
     """A streamed reply: `.status`, `.headers`, `await read()`, and `async for data in stream` (raw bytes)."""
 
-    __slots__ = ("_content", "_deadline", "_first_pending", "_transport", "_url", "headers", "status")
+    __slots__ = ("_content", "_deadline", "_first_pending", "_response", "_transport", "_url", "headers", "status")
 
     def __init__(
         self, transport: Transport, response: aiohttp.ClientResponse, url: str, first_byte_deadline: float
     ) -> None:
         self._transport = transport
+        self._response = response
         self._content = response.content
         self._url = url
         self._deadline = first_byte_deadline
@@ -165,9 +212,18 @@ class UpstreamStream:
         return self._transport._map_error(exc, url=self._url, stage=stage, first_byte_expired=first_byte_expired)
 
     async def read(self) -> bytes:
-        """The rest of the body, whole (for error replies)."""
+        """The rest of the body (for error replies), cut at `MAX_ERROR_BODY_BYTES`."""
         try:
-            return await self._content.read()
+            return await _read_body(self._response, self._content, MAX_ERROR_BODY_BYTES, cut=True)
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc, "body") from exc
+
+    async def read_whole(self) -> bytes:
+        """The rest of a 2xx body that turned out not to be a stream; over `MAX_REPLY_BYTES` it is a protocol error."""
+        try:
+            return await _read_body(self._response, self._content, MAX_REPLY_BYTES, cut=False)
+        except _TooLarge:
+            raise self._transport._too_large(self._url) from None
         except _TRANSPORT_ERRORS as exc:
             raise self._error(exc, "body") from exc
 
@@ -295,21 +351,31 @@ class Transport:
             raise self._map_error(exc, url=call.url, stage="request", first_byte_expired=deadline.expired()) from exc
 
     async def send(self, call: HttpCall) -> RawReply:
-        """Send `call` and read the whole reply, whatever its status."""
+        """Send `call` and read the whole reply, whatever its status (bounded: see the module docstring)."""
         deadline_at = asyncio.get_running_loop().time() + self.timeout.first_token
         response = await self._open_response(call, deadline_at)
         complete = False
+        success = 200 <= response.status < 300
         try:
-            body = await response.read()
-            complete = True
+            limit = MAX_REPLY_BYTES if success else MAX_ERROR_BODY_BYTES
+            body = await _read_body(response, response.content, limit, cut=not success)
+            complete = response.content.is_eof()
+        except _TooLarge:
+            raise self._too_large(call.url) from None
         except _TRANSPORT_ERRORS as exc:
             raise self._map_error(exc, url=call.url, stage="body") from exc
         finally:
             if complete:
                 response.release()
-            else:  # failed or cancelled: abort the connection rather than pool it
+            else:  # failed, cancelled or cut: abort the connection rather than pool it
                 response.close()
         return RawReply(response.status, response.headers, body)
+
+    def _too_large(self, url: str) -> UpstreamProtocolError:
+        return UpstreamProtocolError(
+            f"{self.provider}: the reply from {_where(url)} is larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB",
+            provider=self.provider,
+        )
 
     def stream(self, call: HttpCall) -> _StreamContext:
         """`async with transport.stream(call) as reply:` a streamed reply (see `UpstreamStream`)."""
