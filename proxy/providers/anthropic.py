@@ -33,6 +33,7 @@ from proxy.providers.anthropic_stream import (
     usage_from,
 )
 from proxy.providers.base import HttpCall
+from proxy.providers.http_provider import parse_json, status_message
 from proxy.providers.retry_after import parse_retry_after
 from proxy.types import ChatRequest, ChatResponse, ImagePart, Message, TextPart, ToolCall, ToolDef
 
@@ -140,12 +141,16 @@ class AnthropicCodec:
     def decode(self, status: int, headers: Mapping[str, str], body: bytes) -> ChatResponse:
         if not 200 <= status < 300:
             raise self.decode_error(status, headers, body)
-        text = body.decode("utf-8", errors="replace")
+        text = body.decode("utf-8", errors="replace")  # for excerpts only
         try:
-            payload = json.loads(text)
-        except json.JSONDecodeError:
-            raise self._malformed("the reply is not JSON", text) from None
-        if isinstance(payload, dict) and payload.get("type") == "error":
+            payload = parse_json(body)
+        except ValueError as exc:
+            what = "the reply is not JSON" if str(exc) == "is not valid JSON" else f"the reply {exc}"
+            raise self._malformed(what if text.strip() else "the reply is empty", text) from None
+        if isinstance(payload, dict) and (
+            payload.get("type") == "error"
+            or (isinstance(payload.get("error"), dict) and not isinstance(payload.get("content"), list))
+        ):
             raise self.decode_error(status, headers, body)
         try:
             return self._response(payload, _header(headers, "request-id"))
@@ -184,19 +189,22 @@ class AnthropicCodec:
         text = body.decode("utf-8", errors="replace")
         request_id = _header(headers, "request-id")
         error_type: str | None = None
+        said = status_message(status)
         try:
-            payload = json.loads(text) if text.strip() else None
-        except json.JSONDecodeError:
+            payload = parse_json(text) if text.strip() else None
+        except ValueError:
             payload = None
-            message = f"HTTP {status} with a non-JSON body: {excerpt(text, self._api_key)}"
+            message = f"{said} with a non-JSON body: {excerpt(text, self._api_key)}"
         else:
             error = payload.get("error") if isinstance(payload, dict) else None
             if isinstance(error, dict):
                 error_type = error.get("type") if isinstance(error.get("type"), str) else None
                 raw = error.get("message") if isinstance(error.get("message"), str) else ""
-                message = redact(raw, self._api_key) or f"HTTP {status} ({error_type or 'no message'})"
+                message = redact(raw, self._api_key) or f"{said} ({error_type or 'no message'})"
+                if raw and 300 <= status < 400:
+                    message = f"{said}: {message}"
             else:
-                message = f"HTTP {status}: {excerpt(text, self._api_key)}" if text.strip() else f"HTTP {status}"
+                message = f"{said}: {excerpt(text, self._api_key)}" if text.strip() else said
             if request_id is None and isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
                 request_id = payload["request_id"]
         return upstream_error(
@@ -212,7 +220,8 @@ class AnthropicCodec:
         return AnthropicStreamDecoder(self.provider, secret=self._api_key)
 
     def _malformed(self, what: str, text: str) -> UpstreamProtocolError:
-        return UpstreamProtocolError(f"{what}: {excerpt(text, self._api_key)}", provider=self.provider)
+        shown = excerpt(text, self._api_key)
+        return UpstreamProtocolError(f"{what}: {shown}" if shown else what, provider=self.provider)
 
 
 # --- request pieces (module functions: they need no codec state) ----------------------------------------------
@@ -325,6 +334,12 @@ def _tool_use_block(call: ToolCall, index: int) -> Block:
     except json.JSONDecodeError as exc:
         raise RequestError(
             f"messages[{index}]: tool call `{call.id}` ({call.name}) has arguments that are not valid JSON: {exc.msg}",
+            param=param,
+        ) from None
+    except (RecursionError, ValueError):  # nested too deeply, or a number over 4,300 digits
+        raise RequestError(
+            f"messages[{index}]: tool call `{call.id}` ({call.name}) has arguments that cannot be read "
+            "(nested too deeply, or a number too long)",
             param=param,
         ) from None
     if not isinstance(value, dict):

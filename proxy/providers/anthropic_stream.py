@@ -8,12 +8,13 @@ Shared pieces (used by `proxy.providers.anthropic` too): `finish_reason_for` (st
 `message_start` -> a chunk with id/model; `text_delta` -> text; a `tool_use` block -> `ToolCallDelta`s indexed by
 the block's ordinal among tool_use blocks (not Anthropic's block index); `message_delta` -> finish_reason and the
 combined usage; `message_stop` -> done. `ping`, thinking/signature/citations deltas and unknown events are ignored;
-an `error` event raises the classified `UpstreamError`.
+an `error` event raises the classified `UpstreamError` (one whose data is not JSON is a server error carrying that
+text). An `input_json_delta` for a block no `content_block_start` opened, and a block index started twice, are
+malformed (arguments are never dropped in silence); a token count must be a non-negative integer.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +31,8 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
-from proxy.providers.http_provider import error_for_status
-from proxy.providers.sse import SseDecoder, SseEvent
+from proxy.providers.http_provider import ShapeError, error_for_status, parse_json
+from proxy.providers.sse import SseDecoder, SseError, SseEvent
 from proxy.types import FinishReason, StreamChunk, ToolCallDelta, Usage
 
 EXCERPT_CHARS = 200
@@ -63,10 +64,6 @@ _ERROR_BY_TYPE: Mapping[str, type[UpstreamError]] = {
 }
 
 
-class ShapeError(ValueError):
-    """A reply is valid JSON but not the shape the protocol promises."""
-
-
 def finish_reason_for(stop_reason: object) -> FinishReason | None:
     """Anthropic `stop_reason` -> OpenAI `finish_reason`; None stays None, an unknown reason counts as `stop`."""
     if stop_reason is None:
@@ -82,6 +79,8 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
         raise ShapeError(f"usage.{key} is not an integer: {value!r}")
+    if value < 0:
+        raise ShapeError(f"usage.{key} is negative: {value!r}")
     return value
 
 
@@ -133,8 +132,9 @@ def upstream_error(
     request_id: str | None = None,
     retry_after: float | None = None,
 ) -> UpstreamError:
-    """The `UpstreamError` subclass for an HTTP status (None inside a stream) and an Anthropic `error.type`."""
-    cls = error_for_status(status) if status is not None and 400 <= status < 600 else None
+    """The `UpstreamError` subclass for an HTTP status (None inside a stream) and an Anthropic `error.type`. Any
+    status but a 2xx decides through the status table (a 3xx redirect is a protocol error)."""
+    cls = error_for_status(status) if status is not None and not 200 <= status < 300 else None
     if cls is None and error_type is not None:
         cls = _ERROR_BY_TYPE.get(error_type)
     if cls is None:
@@ -155,6 +155,7 @@ class AnthropicStreamDecoder:
     """Decodes one streamed Messages reply. Fresh per reply; see the module docstring for the event mapping."""
 
     __slots__ = (
+        "_blocks",
         "_done",
         "_partial_text",
         "_pending_error",
@@ -172,6 +173,7 @@ class AnthropicStreamDecoder:
         self._sse = SseDecoder()
         self._done = False
         self._partial_text: list[str] = []
+        self._blocks: set[object] = set()  # Anthropic block indexes started so far (any type)
         self._tool_ordinals: dict[object, int] = {}  # Anthropic block index -> ordinal among tool_use blocks
         self._tool_args_seen: set[int] = set()  # ordinals that received a non-empty input_json_delta
         self._usage: dict[str, Any] = {}  # latest raw Anthropic counters (message_start, then message_delta)
@@ -191,7 +193,11 @@ class AnthropicStreamDecoder:
     def feed(self, data: bytes) -> list[StreamChunk]:
         self._raise_pending()
         chunks: list[StreamChunk] = []
-        for event in self._sse.feed(data):
+        try:
+            events = self._sse.feed(data)
+        except SseError as exc:
+            raise UpstreamProtocolError(f"the stream is malformed: {exc}", provider=self._provider) from None
+        for event in events:
             if self._done:
                 break
             try:
@@ -216,12 +222,15 @@ class AnthropicStreamDecoder:
         )
 
     def _event(self, event: SseEvent) -> StreamChunk | None:
-        if not event.data.strip():
+        if not event.data.strip() and event.event != "error":
             return None
         try:
-            payload = json.loads(event.data)
-        except json.JSONDecodeError:
-            raise self._malformed(f"invalid JSON in a `{event.event or 'message'}` event", event.data) from None
+            payload = parse_json(event.data)
+        except ValueError as exc:
+            if event.event == "error":  # a server that says what went wrong in plain text
+                raise self._error_event({"error": {"message": excerpt(event.data, self._secret)}}) from None
+            reason = "invalid JSON" if str(exc) == "is not valid JSON" else f"JSON that {exc}"
+            raise self._malformed(f"{reason} in a `{event.event or 'message'}` event", event.data) from None
         if not isinstance(payload, dict):
             raise self._malformed("a stream event is not a JSON object", event.data)
         kind = payload.get("type") or event.event
@@ -255,6 +264,10 @@ class AnthropicStreamDecoder:
 
     def _block_start(self, payload: dict[str, Any]) -> StreamChunk | None:
         block = _object(payload, "content_block")
+        index = payload.get("index")
+        if index in self._blocks:
+            raise ShapeError(f"content block {index!r} started twice")
+        self._blocks.add(index)
         if block.get("type") == "tool_use":
             ordinal = len(self._tool_ordinals)
             self._tool_ordinals[payload.get("index")] = ordinal
@@ -276,6 +289,8 @@ class AnthropicStreamDecoder:
             fragment = delta.get("partial_json")
             if not isinstance(fragment, str):
                 raise ShapeError("input_json_delta without a string partial_json")
+            if ordinal is None and payload.get("index") not in self._blocks:
+                raise ShapeError(f"tool input for content block {payload.get('index')!r}, which was never started")
             if ordinal is None or not fragment:  # server-tool blocks also stream input; they are not our calls
                 return None
             self._tool_args_seen.add(ordinal)

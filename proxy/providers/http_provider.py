@@ -6,9 +6,19 @@
 protocol's terminal event, and a stream that breaks off before it raises `StreamInterrupted` carrying the text
 received so far. Closing or cancelling the generator aborts the upstream connection.
 
+Bad replies on a stream request:
+- an error event decoded together with text is held back by the decoder so the text is yielded first; it is
+  raised right after those chunks (`feed(b"")`), not when the next bytes come (they may never come);
+- a reply that is not an event stream at all (its first byte that is not blank opens a JSON value or an HTML
+  page: no event stream starts so, whatever its content type says) is read whole and decoded as a whole reply: an
+  error body raises the classified error it carries, an answer is yielded as chunks (a server that ignored
+  `stream: true`), anything else is an `UpstreamProtocolError` naming the content type.
+
 `error_for_status(status)` is the single status -> `UpstreamError` subclass table; the codecs (OpenAI wire:
 `openai_wire.classify`; Anthropic: `anthropic_stream.upstream_error`) and the mock use it, and refine only what the
-status cannot tell from the body.
+status cannot tell from the body. `status_message(status)` names a status the codecs cannot read a message for
+(a redirect says so: redirects are not followed). `parse_json` reads an upstream body for both codecs (every
+failure a `ValueError` saying what is wrong), and `ShapeError` is what their shape checks raise.
 
 No aiohttp here: the transport owns the HTTP client.
 """
@@ -16,9 +26,10 @@ No aiohttp here: the transport owns the HTTP client.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from proxy.errors import (
     StreamInterrupted,
@@ -33,12 +44,12 @@ from proxy.errors import (
     UpstreamServerError,
 )
 from proxy.providers.base import Codec, Provider
-from proxy.types import ChatRequest, ChatResponse, StreamChunk
+from proxy.types import ChatRequest, ChatResponse, StreamChunk, ToolCallDelta
 
 if TYPE_CHECKING:
     from proxy.providers.transport import Transport
 
-__all__ = ["HttpProvider", "error_for_status"]
+__all__ = ["HttpProvider", "ShapeError", "error_for_status", "parse_json", "status_message"]
 
 _ERROR_BY_STATUS: dict[int, type[UpstreamError]] = {
     400: UpstreamBadRequest,
@@ -75,8 +86,59 @@ def error_for_status(status: int) -> type[UpstreamError]:
     return UpstreamProtocolError  # 1xx/3xx where a reply was expected
 
 
+def status_message(status: int) -> str:
+    """`HTTP 302 (a redirect, not followed: check the provider's base_url)`, or plain `HTTP 500`."""
+    if 300 <= status < 400:
+        return f"HTTP {status} (a redirect, not followed: check the provider's base_url)"
+    return f"HTTP {status}"
+
+
+class ShapeError(ValueError):
+    """A reply is valid JSON but not the shape the protocol promises; the message names the part."""
+
+
+def parse_json(data: bytes | str) -> Any:
+    """`json.loads` for what an upstream sent. Every failure is a `ValueError` whose message completes "the body
+    ...": `is not valid JSON`, `is not valid UTF-8 (byte 17)`, `is nested too deeply to read` (RecursionError), `has
+    a number too long to read` (over Python's 4,300 digits)."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"is not valid UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise ValueError("is nested too deeply to read") from None
+    except json.JSONDecodeError:
+        raise ValueError("is not valid JSON") from None
+    except ValueError:
+        raise ValueError("has a number too long to read") from None
+
+
 def _is_success(status: int) -> bool:
     return 200 <= status < 300
+
+
+_WHOLE_BODY_STARTS = (b"{", b"[", b"<")  # JSON (an error or a whole answer) or an HTML page: not SSE
+
+
+def _content_type(headers: Mapping[str, str]) -> str:
+    value = headers.get("content-type") or headers.get("Content-Type") or ""
+    return value.partition(";")[0].strip().lower()
+
+
+def _opens_whole_body(head: bytes) -> bool:
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in _WHOLE_BODY_STARTS
+
+
+def response_chunks(response: ChatResponse) -> list[StreamChunk]:
+    """A whole reply as the chunks a stream of it would have produced (header, text, tool calls, end)."""
+    chunks = [StreamChunk(id=response.id, model=response.model or None)]
+    if response.text:
+        chunks.append(StreamChunk(text=response.text))
+    for index, call in enumerate(response.tool_calls):
+        delta = ToolCallDelta(index=index, id=call.id, name=call.name, arguments=call.arguments)
+        chunks.append(StreamChunk(tool_calls=(delta,)))
+    chunks.append(StreamChunk(finish_reason=response.finish_reason, usage=response.usage))
+    return chunks
 
 
 class HttpProvider(Provider):
@@ -107,14 +169,32 @@ class HttpProvider(Provider):
         async with self.transport.stream(call) as reply:
             if not _is_success(reply.status):
                 raise self.codec.decode_error(reply.status, reply.headers, await reply.read())
+            sniffing = True
+            head = b""
             try:
                 async for data in reply:
-                    for chunk in decoder.feed(data):
-                        if chunk.text:
-                            texts.append(chunk.text)
-                        yield chunk
+                    if sniffing:  # is this an event stream at all? Decided by its first byte that is not blank
+                        head += data
+                        if not head.removeprefix(b"\xef\xbb\xbf").strip():
+                            continue
+                        sniffing = False
+                        if _opens_whole_body(head):
+                            whole = self._whole_reply(reply.status, reply.headers, head + await reply.read_whole())
+                            for chunk in whole:
+                                yield chunk
+                            return
+                        data, head = head, b""
+                    chunks = decoder.feed(data)
+                    if chunks:
+                        for chunk in chunks:
+                            if chunk.text:
+                                texts.append(chunk.text)
+                            yield chunk
+                        decoder.feed(b"")  # raises an error event held back behind those chunks, now
                     if decoder.done:
                         break  # the terminal event arrived: don't wait for the server to close
+                if head:
+                    decoder.feed(head)  # a body of blank lines only
                 tail = decoder.close()
             except StreamInterrupted as exc:
                 if exc.partial_text or not texts:
@@ -122,6 +202,20 @@ class HttpProvider(Provider):
                 raise _with_partial_text(exc, "".join(texts)) from exc
         for chunk in tail:
             yield chunk
+
+    def _whole_reply(self, status: int, headers: Mapping[str, str], body: bytes) -> list[StreamChunk]:
+        """A stream request answered with a whole body: its error, its answer as chunks, or a protocol error."""
+        try:
+            response = self.codec.decode(status, headers, body)
+        except UpstreamProtocolError as exc:
+            kind = _content_type(headers) or "no content type"
+            raise UpstreamProtocolError(
+                f"a stream was asked for, but the reply is not an event stream ({kind}): {exc.message}",
+                provider=exc.provider,
+                status=exc.status,
+                request_id=exc.request_id,
+            ) from exc
+        return response_chunks(response)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

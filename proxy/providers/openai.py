@@ -6,7 +6,12 @@ Pure translation, no I/O (see `proxy.providers.base`). Decisions worth knowing:
 - `finish_reason`: `stop|length|tool_calls|content_filter` kept, the deprecated `function_call` becomes
   `tool_calls`, any other value becomes `stop` (the reply did end; the vocabulary is just unknown), absent stays None.
 - Reply text is None when the message has only tool calls; a `refusal` fills the text when `content` is null.
-- Errors are classified by HTTP status, then by the error `code`/`type` (never by matching message text).
+- A reply whose parts have the wrong shape is an `UpstreamProtocolError` naming the part (`choices` empty or not
+  a list, `message` missing or not an object (allowed only with `content_filter`), `content` a number, a tool call
+  without a function name, a token count that is a string or negative, JSON nested too deeply or not UTF-8);
+  absent and null optional fields are fine.
+- Errors are classified by HTTP status, then by the error `code`/`type` (never by matching message text); an
+  error body wins over a reply without usable `choices`, and a 3xx is named a redirect.
 - Stream chunks that carry nothing (the role-only first delta, empty deltas) yield no `StreamChunk`. If an error
   event follows chunks decoded in the same `feed()` call, those chunks are returned first and the error is raised
   by the next `feed()`/`close()`, so no text is lost.
@@ -17,6 +22,7 @@ classification, excerpts, headers) in `proxy.providers.openai_wire`; both are re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -24,19 +30,21 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.errors import UpstreamError, UpstreamProtocolError
 from proxy.providers.base import HttpCall
+from proxy.providers.http_provider import ShapeError, parse_json, status_message
 from proxy.providers.openai_stream import OpenAIStreamDecoder
 from proxy.providers.openai_wire import (
     EXCERPT_CHARS,
     MAX_MESSAGE_CHARS,
     ErrorInfo,
-    _count,
     _str_or_none,
     classify,
     decode_tool_calls,
     error_info,
     excerpt,
     header_value,
+    json_type,
     message_text,
+    token_count,
 )
 from proxy.providers.retry_after import parse_retry_after
 from proxy.types import (
@@ -168,25 +176,38 @@ class OpenAICodec:
             raise self.decode_error(status, headers, body)
         request_id = header_value(headers, "x-request-id")
         try:
-            payload = json.loads(body)
-        except ValueError:
-            raise self._malformed("the response body is not valid JSON", body, status, request_id) from None
+            payload = parse_json(body)
+        except ValueError as exc:
+            what = f"the response body {exc}" if body.strip() else "the response body is empty"
+            raise self._malformed(what, body, status, request_id) from None
         if not isinstance(payload, dict):
             raise self._malformed("the response body is not a JSON object", body, status, request_id)
-        if payload.get("error") and "choices" not in payload:
-            raise self.decode_error(status, headers, body)
         choices = payload.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        usable = isinstance(choices, list) and choices and isinstance(choices[0], dict)
+        if payload.get("error") and not usable:
+            raise self.decode_error(status, headers, body)
+        if not usable:
             raise self._malformed("the response has no `choices`", body, status, request_id)
-        choice = choices[0]
+        try:
+            return self._response(payload, choices[0], request_id)
+        except ShapeError as exc:
+            raise self._malformed(f"the response is not a chat completion ({exc})", body, status, request_id) from None
+
+    def _response(self, payload: Mapping[str, Any], choice: Mapping[str, Any], request_id: str | None) -> ChatResponse:
         message = choice.get("message")
-        message = message if isinstance(message, dict) else {}
+        raw_finish = choice.get("finish_reason")
+        if not isinstance(message, dict):
+            if message is not None:
+                raise ShapeError(f"`choices[0].message` is {json_type(message)}, not an object")
+            if raw_finish != "content_filter":  # a filtered answer may come without one
+                raise ShapeError("`choices[0]` has no `message`")
+            message = {}
         tool_calls = decode_tool_calls(message.get("tool_calls"))
         text = message_text(message)
         return ChatResponse(
             text=None if tool_calls and not text else text,
             tool_calls=tool_calls,
-            finish_reason=self.normalize_finish_reason(choice.get("finish_reason"), has_tool_calls=bool(tool_calls)),
+            finish_reason=self.normalize_finish_reason(raw_finish, has_tool_calls=bool(tool_calls)),
             usage=self.decode_usage(payload.get("usage")),
             provider=self.provider,
             model=_str_or_none(payload.get("model")) or "",
@@ -200,30 +221,42 @@ class OpenAICodec:
         return _FINISH_REASONS.get(raw, "stop") if isinstance(raw, str) else "stop"
 
     def decode_usage(self, raw: object) -> Usage | None:
-        if not isinstance(raw, dict):
+        """`usage` -> `Usage` (None when absent). Raises `ShapeError` for a count that is not one."""
+        if raw is None:
             return None
+        if not isinstance(raw, dict):
+            raise ShapeError(f"`usage` is {json_type(raw)}, not an object")
         prompt_details = raw.get("prompt_tokens_details")
         completion_details = raw.get("completion_tokens_details")
         return Usage(
-            input_tokens=_count(raw.get("prompt_tokens")),
-            output_tokens=_count(raw.get("completion_tokens")),
-            cached_input_tokens=_count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+            input_tokens=token_count(raw, "prompt_tokens"),
+            output_tokens=token_count(raw, "completion_tokens"),
+            cached_input_tokens=(
+                token_count(prompt_details, "cached_tokens", "usage.prompt_tokens_details")
+                if isinstance(prompt_details, dict)
+                else 0
+            ),
             reasoning_tokens=(
-                _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+                token_count(completion_details, "reasoning_tokens", "usage.completion_tokens_details")
+                if isinstance(completion_details, dict)
+                else 0
             ),
         )
 
     # --- errors ---------------------------------------------------------------------------------------
 
     def decode_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+        said = status_message(status)
         try:
-            payload = json.loads(body) if body.strip() else None
+            payload = parse_json(body) if body.strip() else None
         except ValueError:
-            info = ErrorInfo(f"HTTP {status} with a non-JSON body: {excerpt(body)}")
+            info = ErrorInfo(f"{said} with a non-JSON body: {excerpt(body)}")
         else:
-            info = error_info(payload) if payload is not None else ErrorInfo(f"HTTP {status} with an empty body")
+            info = error_info(payload) if payload is not None else ErrorInfo(f"{said} with an empty body")
             if not info.message:
-                info = ErrorInfo(f"HTTP {status}: {excerpt(body)}", info.type, info.code, info.status_hint)
+                info = ErrorInfo(f"{said}: {excerpt(body)}", info.type, info.code, info.status_hint)
+            elif payload is not None and said != f"HTTP {status}":  # a redirect: say so before what it said
+                info = dataclasses.replace(info, message=f"{said}: {info.message}")
         return self.error_from_info(
             info,
             status=status,
@@ -256,8 +289,12 @@ class OpenAICodec:
         return text
 
     def _malformed(self, what: str, body: bytes, status: int | None, request_id: str | None) -> UpstreamProtocolError:
+        shown = excerpt(body)
         return UpstreamProtocolError(
-            self.redact(f"{what}: {excerpt(body)}"), provider=self.provider, status=status, request_id=request_id
+            self.redact(f"{what}: {shown}" if shown else what),
+            provider=self.provider,
+            status=status,
+            request_id=request_id,
         )
 
     # --- streaming ------------------------------------------------------------------------------------

@@ -3,8 +3,13 @@
 Error bodies -> `ErrorInfo` (`error_info`) -> an `UpstreamError` class (`classify`: a 4xx/5xx status decides
 through `http_provider.error_for_status`, the one status table, and the body's `code`/`type` only refine a bad
 request; without such a status the `code`/`type` decide; never by message text); reply pieces
-(`decode_tool_calls`, `message_text`); and small readers for headers, bounded body excerpts and loosely typed JSON
-values. Pure functions, no I/O.
+(`decode_tool_calls`, `message_text`, `token_count`); and small readers for headers, bounded body excerpts and
+loosely typed JSON values. Pure functions, no I/O.
+
+Reply pieces are checked, not guessed at: a present field of the wrong type (`content` a number, `tool_calls` an
+object, a tool call without a function name, arguments that are a number, a token count that is a string or
+negative) raises `ShapeError` naming the field, which the codec reports as an `UpstreamProtocolError`. Absent and
+null fields are fine (they mean "none" or "unknown").
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
-from proxy.providers.http_provider import error_for_status
+from proxy.providers.http_provider import ShapeError, error_for_status
 from proxy.types import ToolCall
 
 EXCERPT_CHARS = 200
@@ -76,19 +81,27 @@ class ErrorInfo:
 
 
 def decode_tool_calls(raw: object) -> tuple[ToolCall, ...]:
-    if not isinstance(raw, list):
+    """A reply message's `tool_calls` (None: none). Raises `ShapeError` for a call that cannot be used."""
+    if raw is None:
         return ()
+    if not isinstance(raw, list):
+        raise ShapeError(f"`tool_calls` is {json_type(raw)}, not a list")
     calls = []
     for position, item in enumerate(raw):
+        where = f"tool_calls[{position}]"
         if not isinstance(item, dict):
-            continue
+            raise ShapeError(f"`{where}` is {json_type(item)}, not an object")
         function = item.get("function")
-        function = function if isinstance(function, dict) else {}
+        if not isinstance(function, dict):
+            raise ShapeError(f"`{where}` has no `function` object")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise ShapeError(f"`{where}` has no function name")
         calls.append(
             ToolCall(
                 id=_str_or_none(item.get("id")) or f"call_{position}",
-                name=_str_or_none(function.get("name")) or "",
-                arguments=_arguments_text(function.get("arguments")) or "{}",
+                name=name,
+                arguments=_arguments_text(function.get("arguments"), where) or "{}",
             )
         )
     return tuple(calls)
@@ -100,9 +113,55 @@ def message_text(message: Mapping[str, Any]) -> str | None:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        texts = []
+        for position, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise ShapeError(f"`content[{position}]` is {json_type(part)}, not an object")
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+            elif text is not None:
+                raise ShapeError(f"`content[{position}].text` is {json_type(text)}, not a string")
+        return "".join(texts)
+    if content is not None:
+        raise ShapeError(f"`content` is {json_type(content)}, not a string")
     refusal = message.get("refusal")
-    return refusal if isinstance(refusal, str) else None
+    if refusal is not None and not isinstance(refusal, str):
+        raise ShapeError(f"`refusal` is {json_type(refusal)}, not a string")
+    return refusal
+
+
+def token_count(usage: Mapping[str, Any], key: str, where: str = "usage") -> int:
+    """`usage[key]` as a count: absent or null is 0; anything but a non-negative integer raises `ShapeError`."""
+    value = usage.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ShapeError(f"`{where}.{key}` is {_shown(value)}, not a count of tokens")
+    return value
+
+
+def json_type(value: object) -> str:
+    """`a string`, `a number`, `an object`... : how a JSON value is named in error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _shown(value: object) -> str:
+    """A bad scalar shown as it was sent (`"12"`, `-3`), else its JSON type."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = json.dumps(value)
+        return text if len(text) <= 40 else json_type(value)
+    return json_type(value)
 
 
 def error_info(payload: object) -> ErrorInfo:
@@ -126,8 +185,9 @@ def error_info(payload: object) -> ErrorInfo:
 
 
 def classify(status: int | None, error_type: str | None, code: str | None) -> type[UpstreamError]:
-    """The error class for a status and the body's `type`/`code`. No message text is looked at."""
-    if status is not None and 400 <= status < 600:
+    """The error class for a status and the body's `type`/`code`. No message text is looked at. Any status but a
+    2xx decides through the status table (a 3xx redirect is a protocol error); a 2xx or None lets the body decide."""
+    if status is not None and not 200 <= status < 300:
         error_class = error_for_status(status)
         if error_class is UpstreamBadRequest:
             return _BAD_REQUEST_CODES.get(code or "") or _BAD_REQUEST_CODES.get(error_type or "", UpstreamBadRequest)
@@ -154,12 +214,14 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
 
 
-def _arguments_text(raw: object) -> str:
+def _arguments_text(raw: object, where: str = "tool_calls[]") -> str:
     if isinstance(raw, str):
         return raw
     if raw is None:
         return ""
-    return json.dumps(raw, separators=(",", ":"), ensure_ascii=False)  # some servers send an object
+    if isinstance(raw, dict | list):
+        return json.dumps(raw, separators=(",", ":"), ensure_ascii=False)  # some servers send an object
+    raise ShapeError(f"`{where}.function.arguments` is {json_type(raw)}, not JSON text")
 
 
 def _code_text(code: object) -> str | None:
@@ -168,7 +230,3 @@ def _code_text(code: object) -> str | None:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

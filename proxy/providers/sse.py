@@ -2,13 +2,24 @@
 
 Mirrors the OpenAI/Anthropic SDKs' parser (and the WHATWG spec): events end at a blank line; lines end at
 `\n`, `\r\n` or `\r`; lines starting with `:` are comments (keep-alives) and are dropped; `data:` loses one
-optional leading space; several `data:` lines are joined with `\n`. Bytes may be split anywhere, including
-inside a UTF-8 character or between `\r` and `\n`.
+optional leading space; several `data:` lines are joined with `\n`; a UTF-8 byte order mark opening the stream is
+dropped. Bytes may be split anywhere, including inside a UTF-8 character or between `\r` and `\n`. Bytes that are
+not UTF-8 become U+FFFD, as the spec says.
+
+Bounded: a line, or an event's data, longer than `MAX_EVENT_BYTES` (8 MiB) raises `SseError` (a `ValueError`)
+instead of growing without end; the protocol decoders report it as a malformed stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+
+
+class SseError(ValueError):
+    """The byte stream cannot be an event stream (a line or an event over `MAX_EVENT_BYTES`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,12 +32,14 @@ class SseEvent:
 class SseDecoder:
     """Feed bytes with `feed()`, get the events they complete. `pending` says whether a partial event is held."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr")
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_size", "_started")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._pending_cr = False
+        self._started = False  # past a leading byte order mark (or sure there is none)
         self._data: list[str] = []
+        self._size = 0  # characters in `_data`
         self._event: str | None = None
         self._id: str | None = None
 
@@ -43,6 +56,13 @@ class SseDecoder:
                 chunk = chunk[1:]
             self._pending_cr = False
         buffer = self._buffer + chunk if self._buffer else chunk
+        if not self._started:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._buffer = buffer  # maybe the start of a byte order mark: wait for more
+                return []
+            self._started = True
+            if buffer.startswith(_BOM):
+                buffer = buffer[len(_BOM) :]
         events: list[SseEvent] = []
         start = 0
         length = len(buffer)
@@ -69,6 +89,8 @@ class SseDecoder:
                 events.append(event)
             start = next_start
         self._buffer = buffer[start:]
+        if len(self._buffer) > MAX_EVENT_BYTES:
+            raise SseError(f"a line of the event stream is longer than {MAX_EVENT_BYTES // (1024 * 1024)} MiB")
         return events
 
     def _line(self, raw: bytes) -> SseEvent | None:
@@ -77,6 +99,7 @@ class SseDecoder:
                 return None
             event = SseEvent("\n".join(self._data), self._event, self._id)
             self._data = []
+            self._size = 0
             self._event = None
             return event
         line = raw.decode("utf-8", errors="replace")
@@ -87,6 +110,9 @@ class SseDecoder:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+            self._size += len(value)
+            if self._size > MAX_EVENT_BYTES:
+                raise SseError(f"an event of the event stream is larger than {MAX_EVENT_BYTES // (1024 * 1024)} MiB")
         elif name == "event":
             self._event = value
         elif name == "id":
