@@ -312,3 +312,10 @@ def test_symbolic_link_loops_are_reported(tmp_path):
     assert (issue.path, issue.line) == ("templates.t.file", 10) and "form a loop" in issue.message
     issue = one(MINIMAL + "template_dir: loop\ntemplates:\n  t: {file: a.j2}\n", base_dir=tmp_path)
     assert (issue.path, issue.line) == ("template_dir", 9) and "form a loop" in issue.message
+
+
+def test_thousands_of_problems_are_listed_up_to_a_hundred():
+    found = issues(MINIMAL + "".join(f"k{i}: 1\n" for i in range(500)))
+    assert len(found) == 101
+    assert [i.line for i in found[:100]] == list(range(9, 109))
+    assert found[-1].message == "... and 400 more problems (fix these first)"

@@ -32,6 +32,7 @@ from proxy.errors import ConfigError, ConfigIssue
 from proxy.resources import default_config_path
 
 MAX_CONFIG_BYTES = 2 * 1024 * 1024
+MAX_ISSUES = 100  # problems listed for one file; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,10 @@ def check_config_text(
 
     if issues:
         issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+        if len(issues) > MAX_ISSUES:  # what validate prints, reload logs and /readyz shows stays readable
+            more = len(issues) - MAX_ISSUES
+            issues = issues[:MAX_ISSUES]
+            issues.append(ConfigIssue(file, None, None, "", f"... and {more} more problems (fix these first)", "yaml"))
         return LoadResult(None, tuple(issues))
     reasons = {
         name: "environment variable"
