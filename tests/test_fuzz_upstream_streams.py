@@ -514,6 +514,8 @@ async def test_an_event_over_the_size_bound_is_malformed(up: Upstream, monkeypat
     many_lines = b"".join(b"data: " + b"y" * 100 + b"\n" for _ in range(30))  # no blank line: one growing event
     _, error = await up.fails(Frames([*head, many_lines]))
     assert isinstance(error, UpstreamProtocolError) and "larger than" in error.message
+    _, error = await up.fails(Frames([b"\n" * 700, b" " * 700, b" " * 700]))  # blank, before any event
+    assert isinstance(error, UpstreamProtocolError) and "longer than" in error.message
 
 
 async def test_a_stream_that_stalls_past_its_idle_timeout_is_interrupted_with_its_text(up: Upstream) -> None:

@@ -125,10 +125,6 @@ def _content_type(headers: Mapping[str, str]) -> str:
     return value.partition(";")[0].strip().lower()
 
 
-def _opens_whole_body(head: bytes) -> bool:
-    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in _WHOLE_BODY_STARTS
-
-
 def response_chunks(response: ChatResponse) -> list[StreamChunk]:
     """A whole reply as the chunks a stream of it would have produced (header, text, tool calls, end)."""
     chunks = [StreamChunk(id=response.id, model=response.model or None)]
@@ -169,21 +165,16 @@ class HttpProvider(Provider):
         async with self.transport.stream(call) as reply:
             if not _is_success(reply.status):
                 raise self.codec.decode_error(reply.status, reply.headers, await reply.read())
-            sniffing = True
-            head = b""
+            sniffing = True  # is this an event stream at all? Its first byte that is not blank decides
             try:
                 async for data in reply:
-                    if sniffing:  # is this an event stream at all? Decided by its first byte that is not blank
-                        head += data
-                        if not head.removeprefix(b"\xef\xbb\xbf").strip():
-                            continue
+                    if sniffing and (first := data.removeprefix(b"\xef\xbb\xbf").lstrip()):
                         sniffing = False
-                        if _opens_whole_body(head):
-                            whole = self._whole_reply(reply.status, reply.headers, head + await reply.read_whole())
+                        if first[:1] in _WHOLE_BODY_STARTS:
+                            whole = self._whole_reply(reply.status, reply.headers, data + await reply.read_whole())
                             for chunk in whole:
                                 yield chunk
                             return
-                        data, head = head, b""
                     chunks = decoder.feed(data)
                     if chunks:
                         for chunk in chunks:
@@ -193,8 +184,6 @@ class HttpProvider(Provider):
                         decoder.feed(b"")  # raises an error event held back behind those chunks, now
                     if decoder.done:
                         break  # the terminal event arrived: don't wait for the server to close
-                if head:
-                    decoder.feed(head)  # a body of blank lines only
                 tail = decoder.close()
             except StreamInterrupted as exc:
                 if exc.partial_text or not texts:
