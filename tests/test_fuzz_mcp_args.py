@@ -1,19 +1,24 @@
 """MCP tool arguments, adversarially, through the SDK's `Client` in both protocol eras: missing, wrong types, extra
 keys, huge and deeply nested values, unknown names. Every call gets a tool result (never a protocol error or an
 exception); a bad one is an `isError` result naming the argument in `_meta.param`, short enough to read; the server
-answers normally afterwards.
+answers normally afterwards. Parameters too malformed for a tool result (`arguments` that is not an object, a
+non-text name or prompt argument) are JSON-RPC `invalid params` errors that say what is wrong, in both eras over
+streamable HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import httpx2
 import pytest
 from mcp import Client
 
 from proxy.fronts.mcp_server import McpFront
 from proxy.fronts.tool_results import ERROR_META_KEY, MAX_LISTED_PROBLEMS
+from tests.test_mcp_serve import http_server
 from tests.test_mcp_server import CONFIG, MODES, build_engine
 
 FUZZ_CONFIG = CONFIG + (
@@ -131,3 +136,67 @@ async def test_an_optional_argument_left_out_prints_nothing(mode):
         assert not result.is_error
         prompt = await client.get_prompt("maybe", {"topic": "tea"})
         assert prompt.messages[0].content.text == "Topic: tea. Tone: []"  # not "[None]"
+
+
+# --- malformed params over the wire (what the SDK's typed Client cannot send) ----------------------------------
+
+MALFORMED = [
+    ("tools/call", {"name": "complete_text", "arguments": ["x"]}, "`arguments` of tool `complete_text` must be"),
+    ("tools/call", {"name": "complete_text", "arguments": "prompt=x"}, "must be an object (name: value), got text"),
+    ("tools/call", {"name": 5}, "`tools/call` needs the tool's `name` as text, got a number"),
+    ("prompts/get", {"name": "greet", "arguments": {"name": 5}}, "argument `name` must be text"),
+    ("prompts/get", {"name": "greet", "arguments": ["x"]}, "`arguments` of prompt `greet` must be an object"),
+    ("prompts/get", {"name": ["greet"]}, "`prompts/get` needs the prompt's `name` as text, got a list"),
+]  # fmt: skip
+
+
+async def post_legacy(http, url: str) -> Callable[[str, dict], Awaitable[dict]]:
+    """A 2025-11-25 session: initialize, then post raw JSON-RPC; returns the JSON-RPC reply of each request."""
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "fuzz", "version": "1"}}
+    response = await http.post(
+        url, headers=headers, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello}
+    )
+    headers |= {"mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    await http.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def send(method: str, params: dict) -> dict:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        reply = await http.post(url, headers=headers, json=body)
+        return json.loads(reply.text.split("data: ", 1)[1]) if reply.text.startswith("event:") else reply.json()
+
+    return send
+
+
+async def post_modern(http, url: str) -> Callable[[str, dict], Awaitable[dict]]:
+    """2026-07-28: no session; each request carries its envelope and the method and name headers."""
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+
+    async def send(method: str, params: dict) -> dict:
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": method,
+            "mcp-name": str(params.get("name")),
+        }
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": envelope}}
+        return (await http.post(url, headers=headers, json=body)).json()
+
+    return send
+
+
+@pytest.mark.parametrize("era", [post_legacy, post_modern])
+async def test_malformed_params_are_invalid_params_naming_the_problem(era):
+    async with http_server(FUZZ_CONFIG) as (url, _stop), httpx2.AsyncClient(timeout=30) as http:
+        send = await era(http, url)
+        for method, params, words in MALFORMED:
+            if era is post_modern and not isinstance(params["name"], str):
+                continue  # 2026-07-28 carries the name in a header too: the SDK refuses the mismatch first (-32020)
+            reply = await send(method, params)
+            assert reply["error"]["code"] == -32602, (params, reply)
+            assert words in reply["error"]["message"], reply
+        answer = await send("tools/call", {"name": "complete_text", "arguments": {"prompt": "still here"}})
+        assert answer["result"]["content"][0]["text"] == "still here"

@@ -12,7 +12,8 @@ What it serves (protocol <-> engine only; no routing or policy here):
   arguments, `prompts/get` renders it (MCP prompts have no system role: a template's system text comes first, as its
   own user message). A bad or missing argument and an unknown prompt are JSON-RPC `invalid params` errors whose
   message names the problem, in both protocol eras (an uncaught exception would be an opaque internal error on
-  2026-07-28).
+  2026-07-28). So are malformed `tools/call` and `prompts/get` parameters (a non-text name, `arguments` that is not
+  an object, a prompt argument that is not text), which the SDK would refuse as a bare "Invalid request parameters".
 
 Reloads: the engine swaps its runtime (templates included); `refresh()` (or `on_reload`, the reload-listener form)
 re-registers the prompts and, when the list changed, `notify_prompts_changed()` tells clients in both eras:
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -45,7 +46,7 @@ from mcp_types import INVALID_PARAMS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy import __version__
-from proxy.config.suggest import did_you_mean, quote_list
+from proxy.config.suggest import clip, did_you_mean, quote_list
 from proxy.engine import Engine
 from proxy.errors import TemplateError
 from proxy.fronts.mcp_tools import build_tools
@@ -71,6 +72,41 @@ class _TemplatePrompt(Prompt):
         except TemplateError as exc:
             data = {"prompt": self.name, "param": exc.param}
             raise MCPError(code=INVALID_PARAMS, message=str(exc), data=data) from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _params_problem(method: str, params: Any) -> str | None:
+    """What is wrong with the shape of a `tools/call` or `prompts/get` request's params, in words, or None."""
+    if params is None:
+        return f"`{method}` needs params with a `name`"
+    if not isinstance(params, Mapping):
+        return f"the params of `{method}` must be an object, got {_kind(params)}"
+    what = "tool" if method == "tools/call" else "prompt"
+    name = params.get("name")
+    if not isinstance(name, str):
+        return f"`{method}` needs the {what}'s `name` as text, got {_kind(name)}"
+    arguments = params.get("arguments")
+    if arguments is None:
+        return None
+    if not isinstance(arguments, Mapping):
+        return f"the `arguments` of {what} `{clip(name)}` must be an object (name: value), got {_kind(arguments)}"
+    if method == "prompts/get":
+        for key, value in arguments.items():
+            if not isinstance(value, str) and value is not None:
+                return (
+                    f"prompt `{clip(name)}`: argument `{clip(key)}` must be text (MCP prompt arguments are strings), "
+                    f"got {_kind(value)}; the `complete_template` tool takes any JSON value"
+                )
+    return None
 
 
 def _prompt_signature(templates: PromptTemplates) -> list[tuple[Any, ...]]:
@@ -168,13 +204,18 @@ class McpFront:
     # --- middleware: prompt lookups and connection tracking -----------------------------------------------------
 
     async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> HandlerResult:
+        if ctx.method in ("tools/call", "prompts/get") and ctx.request_id is not None:
+            problem = _params_problem(ctx.method, ctx.params)
+            if problem is not None:
+                raise MCPError(code=INVALID_PARAMS, message=problem)
         if ctx.method == "prompts/get" and ctx.request_id is not None:
             name = (ctx.params or {}).get("name")
             if isinstance(name, str) and name not in self.templates:
                 known = quote_list(self.templates.names()) or "(none)"
                 hint = did_you_mean(name, self.templates.names()).removeprefix("; ")
                 hint = f" ({hint})" if hint else ""
-                raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt `{name}`{hint}; known prompts: {known}")
+                message = f"unknown prompt `{clip(name)}`{hint}; known prompts: {known}"
+                raise MCPError(code=INVALID_PARAMS, message=message)
         connection = getattr(ctx.session, "_connection", None)  # private: no public way to reach it (see above)
         if (
             isinstance(connection, Connection)
