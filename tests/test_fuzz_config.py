@@ -291,6 +291,8 @@ def test_harmless_file_variants_load(tmp_path, content):
         (b"- a\n- b\n", "not a list"),
         (MINIMAL.encode() + b"---\n" + MINIMAL.encode(), "found another document"),
         (b"version: 1\nx: \xff\n", "not UTF-8"),
+        (MINIMAL.encode("utf-16"), "saved as UTF-16"),
+        (MINIMAL.replace("type: mock", "type:\tmock").encode(), "tab character is used for indentation or after a `:`"),
         (MINIMAL.encode() + b"x: a\x00b\n", "character YAML does not allow"),
     ],
     ids=short,

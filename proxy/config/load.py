@@ -80,6 +80,9 @@ def read_config_bytes(path: Path) -> tuple[str | None, list[ConfigIssue]]:
         return None, [ConfigIssue(file, None, None, "", "cannot read the file: permission denied", "io")]
     except OSError as exc:
         return None, [ConfigIssue(file, None, None, "", f"cannot read the file: {exc.strerror or exc}", "io")]
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        message = "the file is saved as UTF-16 (Windows 'Unicode'); save it as UTF-8"
+        return None, [ConfigIssue(file, 1, 1, "", message, "io")]
     try:
         return raw.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:

@@ -211,7 +211,7 @@ def _syntax_issue(file: str, exc: yaml.YAMLError) -> ConfigIssue:
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
     if "'\\t'" in problem or "\t" in problem:
-        message = "a tab character is used for indentation; YAML needs spaces"
+        message = "a tab character is used for indentation or after a `:`; YAML needs spaces there"
     elif isinstance(exc, yaml.reader.ReaderError):
         message = f"the file contains a character YAML does not allow (code {exc.character!r}); is it a text file?"
     else:
