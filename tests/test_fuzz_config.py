@@ -320,4 +320,4 @@ def test_thousands_of_problems_are_listed_up_to_a_hundred():
     found = issues(MINIMAL + "".join(f"k{i}: 1\n" for i in range(500)))
     assert len(found) == 101
     assert [i.line for i in found[:100]] == list(range(9, 109))
-    assert found[-1].message == "... and 400 more problems (fix these first)"
+    assert found[-1].message == "... and 400 more problems not shown (500 in all); fix these first"

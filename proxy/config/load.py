@@ -203,9 +203,10 @@ def check_config_text(
     if issues:
         issues.sort(key=lambda i: (i.line or 0, i.column or 0))
         if len(issues) > MAX_ISSUES:  # what validate prints, reload logs and /readyz shows stays readable
-            more = len(issues) - MAX_ISSUES
+            more, total = len(issues) - MAX_ISSUES, len(issues)
             issues = issues[:MAX_ISSUES]
-            issues.append(ConfigIssue(file, None, None, "", f"... and {more} more problems (fix these first)", "yaml"))
+            message = f"... and {more} more problems not shown ({total} in all); fix these first"
+            issues.append(ConfigIssue(file, None, None, "", message, "yaml"))
         return LoadResult(None, tuple(issues))
     reasons = {
         name: "environment variable"
