@@ -17,7 +17,7 @@ An `event: error` event is read as an error body, like a `data: {"error": ...}` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from proxy.errors import StreamInterrupted, UpstreamError, UpstreamProtocolError
 from proxy.providers.http_provider import ShapeError, parse_json
@@ -115,7 +115,7 @@ class OpenAIStreamDecoder:
                 chunks.append(chunk)
         return chunks
 
-    def _error_event(self, data: str) -> StreamChunk:
+    def _error_event(self, data: str) -> NoReturn:
         """`event: error`: its data is an error body (JSON in any shape `error_info` reads, or plain text)."""
         try:
             payload = parse_json(data) if data.strip() else None
