@@ -79,7 +79,10 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 
 def _text(tag: bytes, text: str) -> bytes:
-    data = text.encode()
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (valid in JSON, so in prompts and answers): protobuf wants UTF-8
+        data = text.encode("utf-8", "replace")
     return tag + _varint(len(data)) + data
 
 

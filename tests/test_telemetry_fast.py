@@ -345,3 +345,16 @@ def test_an_integer_beyond_int64_drops_its_attribute_as_the_stock_encoder_does()
     assert decoded == stock_encode(spans)
     assert [kv.key for kv in decoded.resource_spans[0].scope_spans[0].spans[0].attributes] == ["edges"]
     provider.shutdown()
+
+
+def test_a_lone_surrogate_in_captured_text_is_replaced_not_a_lost_batch():
+    # "\ud800" is valid JSON (an escaped lone surrogate), so it reaches prompts and answers; UTF-8 cannot hold it
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    tracing.start_span("chat m", None, SpanKind.CLIENT, {"gen_ai.output.messages": "a\ud800b", "ok": "x"}).end()
+    tracing.start_span("next", None, SpanKind.INTERNAL, {"n": 1}).end()
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(exporter.get_finished_spans()))
+    spans = decoded.resource_spans[0].scope_spans[0].spans
+    assert [span.name for span in spans] == ["chat m", "next"]
+    assert {kv.key: kv.value.string_value for kv in spans[0].attributes} == {"gen_ai.output.messages": "a?b", "ok": "x"}
+    provider.shutdown()
