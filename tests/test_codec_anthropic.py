@@ -407,7 +407,10 @@ def test_tool_choice_without_tools_is_not_sent() -> None:
     assert "tool_choice" not in json.loads(codec().encode(request, MODEL, stream=False).body)
 
 
-@pytest.mark.parametrize("arguments", ['{"location": "Par', "[1, 2]", "not json"])
+@pytest.mark.parametrize(
+    "arguments",
+    ['{"location": "Par', "[1, 2]", "not json", '{"a": NaN}', '{"a": -Infinity}', '{"a": 1e999}', "[" * 5000],
+)  # NaN, Infinity and 1e999 Python reads, but the body sent to Anthropic must be JSON (it was a 500)
 def test_bad_tool_call_arguments_raise_request_error_naming_the_call(arguments: str) -> None:
     request = ChatRequest(
         messages=(

@@ -17,6 +17,7 @@ Reply decoding (stop reasons, usage, error classes) lives in `proxy.providers.an
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -326,20 +327,31 @@ def encode_image(part: ImagePart, index: int) -> Block:
     raise RequestError(f"messages[{index}]: an image must be an http(s) URL or a data: URI", param=param)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
+
+
 def _tool_use_block(call: ToolCall, index: int) -> Block:
     arguments = call.arguments.strip()
     param = f"messages[{index}].tool_calls"
-    try:
-        value = json.loads(arguments) if arguments else {}
+    try:  # NaN, Infinity and 1e999, which Python reads, are refused: the request to Anthropic must be JSON
+        value = json.loads(arguments, parse_constant=_no_constant, parse_float=_finite) if arguments else {}
     except json.JSONDecodeError as exc:
         raise RequestError(
             f"messages[{index}]: tool call `{call.id}` ({call.name}) has arguments that are not valid JSON: {exc.msg}",
             param=param,
         ) from None
-    except (RecursionError, ValueError):  # nested too deeply, or a number over 4,300 digits
+    except (RecursionError, ValueError):  # nested too deeply, a number over 4,300 digits, NaN, Infinity, 1e999
         raise RequestError(
-            f"messages[{index}]: tool call `{call.id}` ({call.name}) has arguments that cannot be read "
-            "(nested too deeply, or a number too long)",
+            f"messages[{index}]: tool call `{call.id}` ({call.name}) has arguments that cannot be sent as JSON "
+            "(nested too deeply, a number too long, or NaN/Infinity)",
             param=param,
         ) from None
     if not isinstance(value, dict):
