@@ -329,18 +329,27 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
 
 
 ENCODE_CHUNK = 128  # spans encoded per hold of the GIL by the exporter's thread
+# After each chunk the exporter's thread sleeps ENCODE_PACE times as long as the chunk took (at most MAX_PAUSE), so the
+# event loop runs undisturbed in between: with no pause, every system call the loop made while a batch was encoded let
+# the exporter take the GIL back for a whole chunk, and requests in flight waited for several chunks.
+ENCODE_PACE = 3.0
+MAX_PAUSE = 0.005
 
 
 def _encode_yielding(spans: Sequence[ReadableSpan]) -> bytes:
-    """`encode_spans` in chunks, letting the event loop run between them: a batch of 2,048 spans would otherwise hold
-    the GIL for several switch intervals at a time (tail latency). Concatenated requests are one request whose
-    `resource_spans` are the chunks' (protobuf merges repeated fields)."""
+    """`encode_spans` in chunks, paced (above): a batch of 2,048 spans would otherwise hold the GIL for several
+    switch intervals at a time (tail latency). Concatenated requests are one request whose `resource_spans` are the
+    chunks' (protobuf merges repeated fields)."""
     if len(spans) <= ENCODE_CHUNK:
         return encode_spans(spans)
-    parts = []
+    parts: list[bytes] = []
+    took = 0.0
     for start in range(0, len(spans), ENCODE_CHUNK):
+        if parts:
+            time.sleep(min(MAX_PAUSE, took * ENCODE_PACE))  # also releases the GIL
+        began = time.perf_counter()
         parts.append(encode_spans(spans[start : start + ENCODE_CHUNK]))
-        time.sleep(0)  # releases the GIL
+        took = time.perf_counter() - began
     return b"".join(parts)
 
 
