@@ -120,6 +120,12 @@ def test_module_whose_own_import_fails_names_the_missing_dependency(write_module
         load_custom_provider(python_provider(f"{module}:Thing"))
 
 
+def test_module_whose_code_raises_at_import_is_a_config_problem_not_a_crash(write_module) -> None:
+    module = write_module("import os\nKEY = os.environ['NO_SUCH_VARIABLE_XYZ']\n")
+    with pytest.raises(ValueError, match=rf"importing module `{module}` raised KeyError: 'NO_SUCH_VARIABLE_XYZ'"):
+        load_custom_provider(python_provider(f"{module}:Thing"))
+
+
 def test_module_with_a_syntax_error(write_module) -> None:
     module = write_module("def broken(:\n")
     with pytest.raises(ValueError, match=rf"module `{module}` has a syntax error"):

@@ -47,6 +47,8 @@ def resolve_provider_class(class_path: str | None, *, provider: str) -> type[Pro
         raise ValueError(f"{where}: cannot import module `{module_name}`: {exc}") from exc
     except SyntaxError as exc:
         raise ValueError(f"{where}: module `{module_name}` has a syntax error: {exc}") from exc
+    except Exception as exc:  # the module's own code raised while importing
+        raise ValueError(f"{where}: importing module `{module_name}` raised {type(exc).__name__}: {exc}") from exc
     try:
         cls = getattr(module, attribute)
     except AttributeError:
