@@ -338,11 +338,15 @@ def _finite(text: str) -> float:
     return value
 
 
+# Built once: `json.loads` with hooks builds a decoder (and its scanner) on every call, ~2.5 us per tool call.
+_ARGUMENTS_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def _tool_use_block(call: ToolCall, index: int) -> Block:
     arguments = call.arguments.strip()
     param = f"messages[{index}].tool_calls"
     try:  # NaN, Infinity and 1e999, which Python reads, are refused: the request to Anthropic must be JSON
-        value = json.loads(arguments, parse_constant=_no_constant, parse_float=_finite) if arguments else {}
+        value = _ARGUMENTS_DECODER.decode(arguments) if arguments else {}
     except json.JSONDecodeError as exc:
         raise RequestError(
             f"messages[{index}]: tool call `{call.id}` ({call.name}) has arguments that are not valid JSON: {exc.msg}",
