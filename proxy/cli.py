@@ -93,6 +93,9 @@ def _summary(result: LoadResult) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     paths: list[str | None] = list(args.paths) or [config_path(args)]
+    if "" in paths:  # not "the default": a script's unset variable, most likely
+        print("llm-proxy validate: an empty PATH names no file (an unset variable?)", file=sys.stderr)
+        return 1
     results = [(path or str(default_config_path()), check_config_file(path)) for path in paths]
     if args.format == "json":
         report = [

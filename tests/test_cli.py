@@ -42,6 +42,12 @@ def test_validate_reports_every_problem_on_stderr(tmp_path, capsys):
     assert err[3] == f"{bad}: 3 problems"
 
 
+def test_validate_an_empty_path_is_a_problem_not_the_default_config(capsys):
+    assert main(["validate", "config/proxy.yaml", ""]) == 1  # `llm-proxy validate "$UNSET"` checked the default
+    captured = capsys.readouterr()
+    assert "an empty PATH" in captured.err and "valid" not in captured.out
+
+
 def test_validate_json_format(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD)
