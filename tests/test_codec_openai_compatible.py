@@ -171,6 +171,24 @@ def test_whole_tool_calls_without_index_stay_separate(codec: OpenAICompatibleCod
     assert [c["finish_reason"] for c in outcome["chunks"] if c["finish_reason"]] == ["tool_calls"]
 
 
+def test_stream_content_as_typed_parts_gives_their_text(codec: OpenAICompatibleCodec) -> None:
+    # Mistral's reasoning models (magistral) stream `delta.content` as a list of typed parts, thinking first; as in a
+    # whole reply, the text of the parts that have one is the answer (it was a malformed-stream error).
+    def chunk(content: object, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": {"content": content}, "finish_reason": finish}
+        return f"data: {json.dumps({'id': 'c1', 'model': 'magistral', 'choices': [choice]})}\n\n".encode()
+
+    thinking = [{"type": "thinking", "thinking": [{"type": "text", "text": "The user greets me."}]}]
+    transcript = b"".join(
+        [chunk(""), chunk(thinking), chunk([{"type": "text", "text": "Hel"}]), chunk("lo"), chunk(None, "stop")]
+    )
+    outcome = run_stream(codec, [transcript + b"data: [DONE]\n\n"])
+    assert outcome["done"] and outcome["error"] is None
+    assert "".join(c["text"] for c in outcome["chunks"]) == "Hello"
+    bad = run_stream(codec, [chunk([5]) + b"data: [DONE]\n\n"])
+    assert bad["error"]["class"] == "UpstreamProtocolError" and "`content[0]` is a number" in bad["error"]["message"]
+
+
 def test_stream_without_usage_chunk_has_no_usage(codec: OpenAICompatibleCodec) -> None:
     outcome = run_stream(codec, [(FIXTURES / "stream" / "ollama_no_usage.sse").read_bytes()])
     assert outcome["done"] and outcome["error"] is None

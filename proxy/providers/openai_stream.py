@@ -12,6 +12,8 @@ that send whole calls) is one call of its own. A call's first delta must name it
 `call_<n>`, when the server sends none): a fragment for an index no delta started is an `UpstreamProtocolError`,
 not a nameless call. So is a chunk whose parts have the wrong type (`choices` not a list, a choice `index` that is
 not an integer, `delta` or `content` of the wrong type, a bad token count): a chunk is never dropped in silence.
+A `content` list of typed parts (as in a whole reply) gives the text of its parts that have one: Mistral's
+reasoning models stream `[{"type": "thinking", "thinking": [...]}]` before their answer.
 An `event: error` event is read as an error body, like a `data: {"error": ...}` chunk.
 """
 
@@ -21,7 +23,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from proxy.errors import StreamInterrupted, UpstreamError, UpstreamProtocolError
 from proxy.providers.http_provider import ShapeError, parse_json
-from proxy.providers.openai_wire import ErrorInfo, _arguments_text, _str_or_none, error_info, excerpt, json_type
+from proxy.providers.openai_wire import (
+    ErrorInfo,
+    _arguments_text,
+    _str_or_none,
+    error_info,
+    excerpt,
+    json_type,
+    message_text,
+)
 from proxy.providers.sse import SseDecoder, SseError, SseEvent
 from proxy.types import StreamChunk, ToolCallDelta
 
@@ -154,9 +164,12 @@ class OpenAIStreamDecoder:
             elif not isinstance(delta, dict):
                 raise ShapeError(f"`choices[0].delta` is {json_type(delta)}, not an object")
             content = delta.get("content")
-            if content is not None and not isinstance(content, str):
+            if type(content) is str:
+                text = content
+            elif isinstance(content, list):  # typed parts (Mistral's magistral streams its `thinking` so): their text
+                text = message_text(delta) or ""
+            elif content is not None:
                 raise ShapeError(f"`choices[0].delta.content` is {json_type(content)}, not a string")
-            text = content or ""
             tool_calls = self._tool_call_deltas(delta.get("tool_calls"))
             self._saw_tool_calls = self._saw_tool_calls or bool(tool_calls)
             finish_reason = codec.normalize_finish_reason(
