@@ -85,6 +85,7 @@ class TcpProxy:
         self.database = address.path or "/0"
         self.port = 0
         self.connections = 0
+        self.held_bytes = 0  # what clients sent while blackholed (a command that is waiting for its answer)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -129,8 +130,9 @@ class TcpProxy:
         self._tasks.add(task)
         upstream_writer = None
         try:
-            if self._silent:
-                await reader.read()  # hold the connection, answer nothing
+            if self._silent:  # hold the connection, answer nothing
+                while data := await reader.read(65536):
+                    self.held_bytes += len(data)
                 return
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
             self._writers.add(upstream_writer)

@@ -499,6 +499,7 @@ async def test_a_stream_broken_upstream_is_counted_truncated_even_if_cancelled_d
         client = asyncio.create_task(ask())
         # the broken attempt is counted, then its slot is given back to Redis, which does not answer
         await eventually(lambda: engine.metrics_snapshot()["provider_errors"] == {"limited": 1})
+        await eventually(lambda: redis.held_bytes > 0)  # the release is sent and waits (not still on its way)
         client.cancel()  # the client gives up during that cleanup
         await asyncio.gather(client, return_exceptions=True)
         assert client.cancelled() and got == ["Hello"]
