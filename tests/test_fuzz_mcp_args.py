@@ -62,6 +62,9 @@ BAD_CALLS = [
         "invalid argument `messages[0]`", "unknown key `name`"
     ]),
     ("complete_chat", {"messages": [{"role": "user", "text": "hi"}]}, "messages[0].content", ["`messages[0].content`"]),
+    ("complete_chat", {"messages": [{"role": "user", "content": "hi", "k" * 100_000: 1}]}, "messages[0]." + "k" * 88, [
+        "unknown key `kkk", "...`"  # the key clipped, not echoed whole
+    ]),
     ("complete_chat", {"messages": [{"role": "user", "content": "x"}], "max_tokens": True}, "max_tokens", ["true"]),
     ("complete_template", {"template": "greet", "arguments": {"name": "x"}, "max_tokens": True}, "max_tokens", [
         "not true or false"

@@ -19,6 +19,7 @@ from typing import Any
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from proxy.config.suggest import clip
 from proxy.errors import (
     AllTargetsFailed,
     ProxyError,
@@ -268,7 +269,7 @@ def argument_problems(tool: str, error: ValidationError) -> list[tuple[str, str]
             problems.append((path, f"`{tool}` needs the argument `{path}`"))
         elif item["type"] == "extra_forbidden" and len(loc) > 1:
             parent = _argument_path(loc[:-1])
-            problems.append((path, f"invalid argument `{parent}` for `{tool}`: unknown key `{loc[-1]}`"))
+            problems.append((path, f"invalid argument `{parent}` for `{tool}`: unknown key `{clip(loc[-1])}`"))
         else:
             msg = item["msg"][0].lower() + item["msg"][1:]
             problems.append((path, f"invalid argument `{path}` for `{tool}`: {msg} (got {_shown(item.get('input'))})"))
