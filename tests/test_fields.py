@@ -46,3 +46,38 @@ def test_lone_surrogates_are_found_anywhere_with_their_path():
     assert key.value.message == "`metadata`: a key holds a lone UTF-16 surrogate escape"
     with pytest.raises(RequestError, match=r"^tools\[0\]\.input_schema: holds a lone UTF-16 surrogate"):
         ANTHROPIC.json_object({"a": ["\ud800"]}, "tools[0].input_schema")
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {"type": "string"}
+    for _ in range(depth - 1):
+        value = {"items": value}
+    return value
+
+
+@pytest.mark.parametrize("fields", [OPENAI, ANTHROPIC])
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ({"properties": {"a": {"enum": ["ok", "bad \ud800"]}}}, "lone UTF-16 surrogate"),
+        ({"properties": {"\udc00": {}}}, "lone UTF-16 surrogate"),
+        ({"a": [[{"minimum": float("nan")}]]}, "NaN or infinite"),
+        ({"a": [1, -float("inf")]}, "NaN or infinite"),
+        (_nested(65), "deeper than 64 levels"),
+    ],
+)
+def test_json_object_refuses_bad_values_at_any_depth(fields: Fields, value: dict, words: str):
+    # The checks are inlined for speed (tool schemas come with every request); each kind of value is still found.
+    with pytest.raises((BodyError, RequestError), match=words) as caught:
+        fields.json_object(value, "tools[0].parameters")
+    assert "tools[0].parameters" in str(caught.value)
+
+
+@pytest.mark.parametrize("fields", [OPENAI, ANTHROPIC])
+def test_json_object_takes_any_real_json(fields: Fields):
+    value = {
+        "type": "object",
+        "properties": {"é": {"enum": ["ünïcode 😀", 1, 2.5, -0.0, True, None, 10**400]}, "n": _nested(62)},
+        "required": [],
+    }
+    assert fields.json_object(value, "x") is value

@@ -256,19 +256,27 @@ class Fields:
         number finite."""
         obj = self.object(value, path)
         level: list[Any] = [obj]
-        for _ in range(MAX_JSON_DEPTH):
+        for _ in range(MAX_JSON_DEPTH):  # tool schemas come with every request: the checks are inlined, as in `_clean`
             children: list[Any] = []
+            push = children.append
             for node in level:
-                items = node.items() if isinstance(node, dict) else enumerate(node)
-                for key, child in items:
-                    if isinstance(key, str):
-                        self.text(key, path)
-                    if isinstance(child, str):
-                        self.text(child, path)
-                    elif isinstance(child, float) and not math.isfinite(child):
-                        self.fail(path, "holds a number that is NaN or infinite (JSON has neither)")
+                if isinstance(node, dict):
+                    for key in node:
+                        if type(key) is str and not key.isascii() and not is_text(key):
+                            self.fail(path, self.surrogate)
+                    items: Any = node.values()
+                else:
+                    items = node
+                for child in items:
+                    kind = type(child)
+                    if kind is str:
+                        if not child.isascii() and not is_text(child):
+                            self.fail(path, self.surrogate)
+                    elif kind is float:
+                        if child - child:  # NaN for NaN and infinities, 0.0 for every finite number
+                            self.fail(path, "holds a number that is NaN or infinite (JSON has neither)")
                     elif isinstance(child, dict | list):
-                        children.append(child)
+                        push(child)
             if not children:
                 return obj
             level = children
