@@ -142,11 +142,11 @@ class AnthropicCodec:
     def decode(self, status: int, headers: Mapping[str, str], body: bytes) -> ChatResponse:
         if not 200 <= status < 300:
             raise self.decode_error(status, headers, body)
-        text = body.decode("utf-8", errors="replace")  # for excerpts only
         try:
             payload = parse_json(body)
         except ValueError as exc:
             what = "the reply is not JSON" if str(exc) == "is not valid JSON" else f"the reply {exc}"
+            text = body.decode("utf-8", errors="replace")  # text only for the excerpt: not on every reply
             raise self._malformed(what if text.strip() else "the reply is empty", text) from None
         if isinstance(payload, dict) and (
             payload.get("type") == "error"
@@ -156,7 +156,8 @@ class AnthropicCodec:
         try:
             return self._response(payload, _header(headers, "request-id"))
         except ShapeError as exc:
-            raise self._malformed(f"the reply is not a Messages response ({exc})", text) from None
+            what = f"the reply is not a Messages response ({exc})"
+            raise self._malformed(what, body.decode("utf-8", errors="replace")) from None
 
     def _response(self, payload: object, request_id: str | None) -> ChatResponse:
         if not isinstance(payload, dict) or not isinstance(payload.get("content"), list):
