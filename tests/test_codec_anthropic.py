@@ -586,7 +586,6 @@ def test_stop_reason_mapping(stop_reason: str, finish_reason: str) -> None:
         b'{"id":"msg_1","type":"message"}',
         b'{"content":[{"type":"text"}]}',
         b'{"content":[{"type":"tool_use","id":"t","name":"f","input":"{}"}]}',
-        b'{"content":[],"usage":{"input_tokens":"many"}}',
         b'{"content":[],"stop_reason":7}',
     ],
 )
@@ -594,6 +593,11 @@ def test_decode_malformed_replies_raise_protocol_errors(body: bytes) -> None:
     with pytest.raises(UpstreamProtocolError) as caught:
         codec().decode(200, {}, body)
     assert caught.value.provider == "claude"
+
+
+def test_a_usage_that_is_not_one_is_dropped_and_the_answer_kept() -> None:
+    reply = codec().decode(200, {}, b'{"content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":"many"}}')
+    assert (reply.text, reply.usage) == ("hi", None)
 
 
 def test_a_good_reply_is_not_decoded_to_text_for_an_excerpt_it_never_needs() -> None:

@@ -178,15 +178,6 @@ OPENAI_MALFORMED = {
         completion({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": 5}}]}),
         "`tool_calls[0].function.arguments` is a number",
     ),
-    "usage-string": (completion(usage={"prompt_tokens": "3", "completion_tokens": 2}), '`usage.prompt_tokens` is "3"'),
-    "usage-negative": (completion(usage={"prompt_tokens": 3, "completion_tokens": -2}), "completion_tokens` is -2"),
-    "usage-float": (completion(usage={"prompt_tokens": 3.5}), "`usage.prompt_tokens` is 3.5"),
-    "usage-bool": (completion(usage={"prompt_tokens": True}), "`usage.prompt_tokens` is a boolean"),
-    "usage-list": (completion(usage=[3, 2]), "`usage` is a list"),
-    "cached-negative": (
-        completion(usage={"prompt_tokens": 3, "prompt_tokens_details": {"cached_tokens": -1}}),
-        "`usage.prompt_tokens_details.cached_tokens` is -1",
-    ),
     "body-list": ([completion()], "not a JSON object"),
     "body-null": (None, "not a JSON object"),
     "body-string": ("chat", "not a JSON object"),
@@ -272,9 +263,6 @@ ANTHROPIC_MALFORMED = {
         anthropic_message(content=[{"type": "tool_use", "id": "t", "name": "f", "input": "{}"}]),
         "tool_use block without id, name and input object",
     ),
-    "usage-string": (anthropic_message(usage={"input_tokens": "3", "output_tokens": 2}), "usage.input_tokens"),
-    "usage-negative": (anthropic_message(usage={"input_tokens": 3, "output_tokens": -2}), "output_tokens is negative"),
-    "usage-list": (anthropic_message(usage=[1]), "usage is not an object"),
     "stop-reason-number": (anthropic_message(stop_reason=5), "stop_reason is not a string"),
     "body-list": ([anthropic_message()], "no `content` list"),
 }
@@ -286,6 +274,54 @@ async def test_anthropic_reply_of_the_wrong_shape_is_malformed_and_names_the_par
     error = await claude.fails(raw(json.dumps(body).encode()))
     assert isinstance(error, UpstreamProtocolError), error
     assert names in error.message
+
+
+# A usage that is not one loses only the usage: the answer was generated and paid for, so it is kept, and the
+# rate limiter keeps its estimate; a warning names the field. (A count written as a whole float, `12.0`, is a count.)
+OPENAI_BAD_USAGE = {
+    "usage-string": (completion(usage={"prompt_tokens": "3", "completion_tokens": 2}), '`usage.prompt_tokens` is "3"'),
+    "usage-negative": (completion(usage={"prompt_tokens": 3, "completion_tokens": -2}), "completion_tokens` is -2"),
+    "usage-float": (completion(usage={"prompt_tokens": 3.5}), "`usage.prompt_tokens` is 3.5"),
+    "usage-bool": (completion(usage={"prompt_tokens": True}), "`usage.prompt_tokens` is a boolean"),
+    "usage-list": (completion(usage=[3, 2]), "`usage` is a list"),
+    "cached-negative": (
+        completion(usage={"prompt_tokens": 3, "prompt_tokens_details": {"cached_tokens": -1}}),
+        "`usage.prompt_tokens_details.cached_tokens` is -1",
+    ),
+}
+ANTHROPIC_BAD_USAGE = {
+    "usage-string": (anthropic_message(usage={"input_tokens": "3", "output_tokens": 2}), "usage.input_tokens"),
+    "usage-negative": (anthropic_message(usage={"input_tokens": 3, "output_tokens": -2}), "output_tokens is negative"),
+    "usage-list": (anthropic_message(usage=[1]), "usage is not an object"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPENAI_BAD_USAGE), ids=list(OPENAI_BAD_USAGE))
+async def test_an_openai_answer_with_a_bad_usage_is_kept_without_its_usage(oai: Upstream, case: str, caplog) -> None:
+    body, names = OPENAI_BAD_USAGE[case]
+    oai.fake.script(raw(json.dumps(body).encode()))
+    answer = await oai.complete()
+    assert (answer.text, answer.usage) == ("hi", None)
+    assert any(names in r.getMessage() and "usage is ignored" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("case", list(ANTHROPIC_BAD_USAGE), ids=list(ANTHROPIC_BAD_USAGE))
+async def test_an_anthropic_answer_with_a_bad_usage_is_kept_without_its_usage(claude: Upstream, case, caplog) -> None:
+    body, names = ANTHROPIC_BAD_USAGE[case]
+    claude.fake.script(raw(json.dumps(body).encode()))
+    answer = await claude.complete()
+    assert answer.usage is None and answer.text
+    assert any(names in r.getMessage() and "usage is ignored" in r.getMessage() for r in caplog.records)
+
+
+async def test_token_counts_written_as_whole_floats_are_counts(oai: Upstream, claude: Upstream) -> None:
+    oai.fake.script(raw(json.dumps(completion(usage={"prompt_tokens": 3.0, "completion_tokens": 2.0})).encode()))
+    usage = (await oai.complete()).usage
+    assert usage is not None and (usage.input_tokens, usage.output_tokens) == (3, 2)
+    assert type(usage.input_tokens) is int
+    claude.fake.script(raw(json.dumps(anthropic_message(usage={"input_tokens": 4.0, "output_tokens": 1.0})).encode()))
+    usage = (await claude.complete()).usage
+    assert usage is not None and (usage.input_tokens, usage.output_tokens) == (4, 1)
 
 
 ANTHROPIC_UNREADABLE = {
@@ -502,10 +538,10 @@ async def test_a_malformed_reply_is_retried_then_falls_back_through_the_fronts(p
 
 async def test_the_attempts_name_the_part_that_was_wrong(proxy) -> None:
     _, engine, primary, backup = proxy
-    bad = raw(json.dumps(completion(usage={"prompt_tokens": -4})).encode())
+    bad = raw(json.dumps(completion({"role": "assistant", "content": 7})).encode())
     primary.script(bad, bad)
-    backup.script(raw(json.dumps(anthropic_message(usage={"input_tokens": "x"})).encode()))
-    backup.script(raw(json.dumps(anthropic_message(usage={"input_tokens": "x"})).encode()))
+    backup.script(raw(json.dumps(anthropic_message(stop_reason=5)).encode()))
+    backup.script(raw(json.dumps(anthropic_message(stop_reason=5)).encode()))
     with pytest.raises(Exception) as caught:
         await engine.complete(HELLO)
     attempts = [(a.target, a.error_kind, a.message) for a in caught.value.attempts]
@@ -515,6 +551,6 @@ async def test_the_attempts_name_the_part_that_was_wrong(proxy) -> None:
         ("backup/claude-sonnet-4-5", "malformed"),
         ("backup/claude-sonnet-4-5", "malformed"),
     ]
-    assert "`usage.prompt_tokens` is -4" in attempts[0][2]
-    assert "usage.input_tokens is not an integer" in attempts[2][2]
+    assert "`content` is a number" in attempts[0][2]
+    assert "stop_reason is not a string" in attempts[2][2]
     assert "primary/gpt-4o-mini" in str(caught.value) and "backup/claude-sonnet-4-5" in str(caught.value)

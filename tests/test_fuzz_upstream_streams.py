@@ -337,8 +337,6 @@ OPENAI_BAD_CHUNKS = {
         oai(tool_calls=[{"index": 0, "id": "c", "function": {"name": "f", "arguments": 5}}]),
         "`tool_calls[0].function.arguments` is a number",
     ),
-    "usage-negative": (oai(no_choice=True, usage={"prompt_tokens": 3, "completion_tokens": -1}), "is -1"),
-    "usage-string": (oai(no_choice=True, usage={"prompt_tokens": "3"}), '`usage.prompt_tokens` is "3"'),
     "not-an-object": (oai([1, 2]), "not a JSON object"),
     "deeply-nested": (oai(b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
     "not-json": (oai(b"{not json"), "not valid JSON"),
@@ -358,8 +356,6 @@ async def test_an_openai_chunk_of_the_wrong_shape_is_malformed_after_the_text_be
 ANTHROPIC_BAD_EVENTS = {
     "text-number": (ant("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": 5}}), "text"),
     "delta-null": (ant("content_block_delta", {"index": 0, "delta": None}), "`delta` is not an object"),
-    "usage-negative": (ant("message_delta", {"delta": {}, "usage": {"output_tokens": -7}}), "negative"),
-    "usage-string": (ant("message_delta", {"delta": {}, "usage": {"output_tokens": "7"}}), "not an integer"),
     "deeply-nested": (ant("content_block_delta", b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
     "huge-number": (ant("message_delta", b'{"usage": {"output_tokens": ' + b"9" * 5000 + b"}}"), "number too long"),
     "not-json": (ant("content_block_delta", b"{not json"), "invalid JSON in a `content_block_delta` event"),
@@ -373,6 +369,19 @@ async def test_an_anthropic_event_of_the_wrong_shape_is_malformed_after_the_text
     assert stream_text(chunks) == "Hel"
     assert isinstance(error, UpstreamProtocolError), error
     assert says in error.message
+
+
+async def test_a_stream_whose_usage_is_not_one_keeps_its_text_and_loses_only_the_usage(oai_up, ant_up, caplog) -> None:
+    """The answer was generated and paid for: a bad count is a warning naming it, and the usage is unknown."""
+    frames = oai_stream()
+    frames[4] = oai(no_choice=True, usage={"prompt_tokens": "3", "completion_tokens": -1})
+    chunks = await oai_up.stream(Frames(frames))
+    assert stream_text(chunks) == TEXT and all(chunk.usage is None for chunk in chunks)
+    assert any('`usage.prompt_tokens` is "3"' in r.getMessage() for r in caplog.records)
+    end = ant("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": -7}})
+    chunks = await ant_up.stream(Frames([ANT_START, ant_text("Hel"), ant_text("lo"), end, ant("message_stop", {})]))
+    assert stream_text(chunks) == "Hello" and all(chunk.usage is None for chunk in chunks)
+    assert any("output_tokens is negative" in r.getMessage() for r in caplog.records)
 
 
 # --- tool calls -------------------------------------------------------------------------------------------------------

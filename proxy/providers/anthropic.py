@@ -179,7 +179,7 @@ class AnthropicCodec:
             text="".join(texts) if texts or not calls else None,
             tool_calls=tuple(calls),
             finish_reason=finish_reason_for(payload.get("stop_reason")),
-            usage=usage_from(usage) if usage is not None else None,
+            usage=usage_from(usage, self.provider) if usage is not None else None,
             provider=self.provider,
             model=payload.get("model") if isinstance(payload.get("model"), str) else "",
             id=payload.get("id") if isinstance(payload.get("id"), str) else None,

@@ -15,6 +15,7 @@ malformed (arguments are never dropped in silence); a token count must be a non-
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,8 @@ from proxy.errors import (
 from proxy.providers.http_provider import ShapeError, error_for_status, parse_json
 from proxy.providers.sse import SseDecoder, SseError, SseEvent
 from proxy.types import FinishReason, StreamChunk, ToolCallDelta, Usage
+
+log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 200
 
@@ -77,6 +80,8 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
     value = usage.get(key)
     if value is None:
         return 0
+    if type(value) is float and value.is_integer():  # `12.0`: some servers write counts as floats
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ShapeError(f"usage.{key} is not an integer: {value!r}")
     if value < 0:
@@ -84,8 +89,18 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def usage_from(usage: Mapping[str, Any]) -> Usage:
-    """Anthropic usage -> `Usage`. Anthropic's `input_tokens` excludes cache reads and writes; ours includes both."""
+def usage_from(usage: Mapping[str, Any], provider: str) -> Usage | None:
+    """Anthropic usage -> `Usage`. Anthropic's `input_tokens` excludes cache reads and writes; ours includes both.
+    None when it is not usable (a count that is not one): the answer is kept, paid for, and only its usage is
+    unknown (the rate limiter keeps its estimate), with a warning."""
+    try:
+        return _usage(usage)
+    except ShapeError as exc:
+        log.warning("provider %s: its usage is ignored, the answer kept: %s", provider, exc)
+        return None
+
+
+def _usage(usage: Mapping[str, Any]) -> Usage:
     if not isinstance(usage, Mapping):
         raise ShapeError("usage is not an object")
     cache_read = _count(usage, "cache_read_input_tokens")
@@ -308,7 +323,7 @@ class AnthropicStreamDecoder:
     def _message_delta(self, payload: dict[str, Any]) -> StreamChunk:
         delta = _object(payload, "delta")
         self._merge_usage(payload.get("usage"))
-        usage = usage_from(self._usage) if self._usage else None
+        usage = usage_from(self._usage, self._provider) if self._usage else None
         return StreamChunk(finish_reason=finish_reason_for(delta.get("stop_reason")), usage=usage)
 
     def _text(self, text: object) -> StreamChunk | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,8 @@ __all__ = [
     "header_value",
     "message_text",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _SECRET_MIN_CHARS = 8  # shorter header values are not worth redacting (and would mangle messages)
@@ -221,9 +224,17 @@ class OpenAICodec:
         return _FINISH_REASONS.get(raw, "stop") if isinstance(raw, str) else "stop"
 
     def decode_usage(self, raw: object) -> Usage | None:
-        """`usage` -> `Usage` (None when absent). Raises `ShapeError` for a count that is not one."""
+        """`usage` -> `Usage`; None when absent, or when it is not usable (a count that is not one): the answer is
+        kept, paid for, and only its usage is unknown (the rate limiter keeps its estimate), with a warning."""
         if raw is None:
             return None
+        try:
+            return self._usage(raw)
+        except ShapeError as exc:
+            log.warning("provider %s: its usage is ignored, the answer kept: %s", self.provider, exc)
+            return None
+
+    def _usage(self, raw: object) -> Usage:
         if not isinstance(raw, dict):
             raise ShapeError(f"`usage` is {json_type(raw)}, not an object")
         prompt_details = raw.get("prompt_tokens_details")

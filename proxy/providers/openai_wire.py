@@ -132,10 +132,13 @@ def message_text(message: Mapping[str, Any]) -> str | None:
 
 
 def token_count(usage: Mapping[str, Any], key: str, where: str = "usage") -> int:
-    """`usage[key]` as a count: absent or null is 0; anything but a non-negative integer raises `ShapeError`."""
+    """`usage[key]` as a count: absent or null is 0, `12.0` is 12; anything but a non-negative whole number raises
+    `ShapeError`."""
     value = usage.get(key)
     if value is None:
         return 0
+    if type(value) is float and value.is_integer():  # `12.0`: some servers write counts as floats
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ShapeError(f"`{where}.{key}` is {_shown(value)}, not a count of tokens")
     return value
