@@ -190,14 +190,16 @@ class Reloader:
             paths = [path for path, _, _ in identity]
             log.info("watching %s for config changes", ", ".join(str(p) for p in paths))
             try:
-                async for changes in watchfiles.awatch(
+                watcher = watchfiles.awatch(
                     *paths, debounce=debounce_ms, step=20, stop_event=stop, recursive=True, force_polling=polling
-                ):
-                    if any(self.is_relevant(Path(path)) for _, path in changes):
-                        await self._reload_logged("file change")
-                    if self._watch_identity() != identity:
-                        restarted = True
-                        break  # a watched directory was replaced or removed, or the template directory moved
+                )
+                async with contextlib.aclosing(watcher):  # closed at once on `break`, not when collected
+                    async for changes in watcher:
+                        if any(self.is_relevant(Path(path)) for _, path in changes):
+                            await self._reload_logged("file change")
+                        if self._watch_identity() != identity:
+                            restarted = True
+                            break  # a watched directory was replaced or removed, or the template directory moved
             except Exception:  # the watcher itself failed (a directory vanished as it started, inotify limits)
                 log.warning("watching %s failed; retrying", ", ".join(str(p) for p in paths), exc_info=True)
                 restarted = polling = True
