@@ -44,7 +44,7 @@ from typing import Any
 
 from proxy.dispatch import Admitted, Dispatch
 from proxy.errors import ProxyError, RequestError, StreamInterrupted
-from proxy.metrics import Metrics
+from proxy.metrics import UNKNOWN_LABEL, Metrics
 from proxy.policies.cache import (
     ResponseAssembler,
     ResponseCache,
@@ -285,7 +285,7 @@ class Engine:
             try:
                 chain = runtime.resolve(request.model)
             except ProxyError:
-                self.metrics.record_request(request.model, success=False, latency_s=runtime.clock() - started)
+                self.metrics.record_request(UNKNOWN_LABEL, success=False, latency_s=runtime.clock() - started)
                 raise
             key, ttl = self._cache_key(runtime, chain[0], request, bypass_cache, template_version)
             if key is None:
@@ -476,7 +476,7 @@ class EngineStream:
             try:
                 chain = runtime.resolve(request.model)
             except ProxyError:
-                metrics.record_request(request.model, success=False, stream=True, latency_s=runtime.clock() - started)
+                metrics.record_request(UNKNOWN_LABEL, success=False, stream=True, latency_s=runtime.clock() - started)
                 raise
             self.route = chain[0].model.name
             key, ttl = engine._cache_key(runtime, chain[0], request, bypass_cache, template_version)

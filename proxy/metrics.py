@@ -43,6 +43,9 @@ from proxy.types import Usage
 DEFAULT_LATENCY_WINDOW = 2048
 MAX_MODEL_LABELS = 256  # distinct model names kept; further names count under OTHER_LABEL
 OTHER_LABEL = "(other)"
+# A request for a model the config does not have: counted under this label, not under the name a client made up
+# (which would use up the MAX_MODEL_LABELS budget, and fold later real models into OTHER_LABEL).
+UNKNOWN_LABEL = "(unknown)"
 _PERCENTILES = ((50, "p50"), (90, "p90"), (99, "p99"))
 
 

@@ -72,6 +72,19 @@ async def test_unknown_model_lists_known_names(engine):
     assert "`default`" in str(caught.value) and "`cutting`" in str(caught.value)
 
 
+async def test_made_up_model_names_count_under_one_label_and_leave_the_label_budget_to_real_models(engine):
+    for index in range(300):  # more names than MAX_MODEL_LABELS
+        with pytest.raises(UnknownModel):
+            await engine.complete(ChatRequest.from_prompt("x", model=f"junk-{index}"))
+        with pytest.raises(UnknownModel):
+            async for _ in engine.stream(ChatRequest.from_prompt("x", model=f"junk-s{index}")):
+                pass
+    await engine.complete(ChatRequest.from_prompt("x"))
+    models = engine.metrics.models
+    assert models["(unknown)"][:3] == [600, 0, 600]  # requests, successes, failures
+    assert not any(name.startswith("junk") for name in models) and "(other)" not in models
+
+
 async def test_stream_failure_after_first_content_is_an_error_never_a_clean_end(engine):
     seen = []
     with pytest.raises(StreamInterrupted):
