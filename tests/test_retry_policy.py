@@ -161,6 +161,16 @@ def test_server_statuses_including_408_and_409_are_retried(status: int) -> None:
     assert budget.decide(make_error(ErrorKind.SERVER, status=status), 1, 0).action is Action.RETRY
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_falls_back_and_marks_the_target_unhealthy_instead_of_being_retried(status: int) -> None:
+    # redirects are not followed, so the same URL redirects again: a misconfigured base_url, like a 404
+    budget = make_policy(FakeClock()).start()
+    decision = budget.decide(make_error(ErrorKind.MALFORMED, status=status), 1, 1)
+    assert (decision.action, decision.delay, decision.mark_unhealthy) == (Action.FALLBACK, 0.0, True)
+    unreadable = budget.decide(make_error(ErrorKind.MALFORMED, status=200), 1, 1)  # a garbled body may not repeat
+    assert (unreadable.action, unreadable.mark_unhealthy) == (Action.RETRY, False)
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -75,9 +75,16 @@ ACTIONS: Mapping[ErrorKind, Action] = MappingProxyType(
 MARKS_UNHEALTHY: frozenset[ErrorKind] = frozenset({ErrorKind.AUTH, ErrorKind.PERMISSION, ErrorKind.NOT_FOUND})
 
 
+def _is_redirect(error: UpstreamError) -> bool:
+    """A 3xx (a malformed reply, since redirects are not followed): a misconfigured `base_url`, like a 404."""
+    return error.kind is ErrorKind.MALFORMED and error.status is not None and 300 <= error.status < 400
+
+
 def action_for(error: ProxyError) -> Action:
     """The table's action for `error` (before attempts and the deadline are taken into account)."""
     if isinstance(error, UpstreamError):
+        if _is_redirect(error):  # the same URL redirects again: check base_url, meanwhile the next target
+            return Action.FALLBACK
         return ACTIONS[error.kind]
     # RateLimited (our limiter already waited), ProviderUnavailable, a target's RequestError, anything else:
     # this target cannot serve the request now, another one may.
@@ -269,7 +276,7 @@ class RetryBudget:
         policy = self._policy
         action = action_for(error)
         label = error_label(error)
-        unhealthy = isinstance(error, UpstreamError) and error.kind in MARKS_UNHEALTHY
+        unhealthy = isinstance(error, UpstreamError) and (error.kind in MARKS_UNHEALTHY or _is_redirect(error))
         if action is Action.FAIL_FAST:
             return Decision(Action.FAIL_FAST, 0.0, f"{label}: the request itself is wrong", unhealthy)
         now = policy.clock()
