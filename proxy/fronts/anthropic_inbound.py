@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.errors import RequestError
-from proxy.fronts.fields import Fields, between_got, brief, json_kind
+from proxy.fronts.fields import MAX_MESSAGES, MAX_TOKENS, Fields, between_got, brief, json_kind
 from proxy.types import ChatRequest, ContentPart, ImagePart, Message, TextPart, ToolCall, ToolChoice, ToolDef
 
 FIELDS = Fields(
@@ -41,8 +41,6 @@ FIELDS = Fields(
     integral_floats=False,
     surrogate="holds a lone UTF-16 surrogate (an unpaired `\\ud800`-`\\udfff` escape), which is not text",
 )
-MAX_OUTPUT_TOKENS = 2**31 - 1
-MAX_MESSAGES = 100_000
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 TOOL_ERROR_PREFIX = "Error: "
 _TOOL_CHOICE_MODES = {"auto": "auto", "any": "required", "none": "none", "tool": "tool"}
@@ -297,7 +295,7 @@ def parse_messages_body(body: Mapping[str, Any], *, count_only: bool = False) ->
         return ChatRequest(messages=tuple(messages), model=model, tools=tools, tool_choice=tool_choice)
     if body.get("max_tokens") is None:
         FIELDS.fail("max_tokens", "is required")
-    max_tokens = FIELDS.integer(body.get("max_tokens"), "max_tokens", 1, MAX_OUTPUT_TOKENS)
+    max_tokens = FIELDS.integer(body.get("max_tokens"), "max_tokens", 1, MAX_TOKENS)
     temperature = body.get("temperature")
     top_p = body.get("top_p")
     top_k = body.get("top_k")
@@ -321,5 +319,5 @@ def parse_messages_body(body: Mapping[str, Any], *, count_only: bool = False) ->
         parallel_tool_calls=parallel,
         stream=bool(FIELDS.optional_bool(body.get("stream"), "stream")),
         user=user,
-        extra={"top_k": FIELDS.integer(top_k, "top_k", 0, MAX_OUTPUT_TOKENS)} if top_k is not None else {},
+        extra={"top_k": FIELDS.integer(top_k, "top_k", 0, MAX_TOKENS)} if top_k is not None else {},
     )

@@ -24,6 +24,8 @@ from typing import Any, NoReturn
 
 MAX_JSON_DEPTH = 64  # for free-form JSON (tool schemas, tool inputs): deeper is almost surely garbage
 MAX_MODEL_NAME = 256  # characters; longer is no model name (and would be echoed back, logged and counted)
+MAX_MESSAGES = 100_000  # per request, as Anthropic's API; far more is a body built to keep the proxy busy
+MAX_TOKENS = 2**31 - 1  # max_tokens, top_k: what any API accepts; beyond it, token arithmetic would overflow a float
 NOT_FINITE = "must be a finite number, not NaN or Infinity (JSON has neither)"
 _SHOWN_DIGITS = 30  # longer numbers are not echoed (and huge ints cannot even be turned into text)
 

@@ -40,6 +40,7 @@ from pydantic_core import PydanticCustomError
 from proxy import logs
 from proxy.config.suggest import clip, did_you_mean
 from proxy.errors import ProxyError, RequestError
+from proxy.fronts.fields import MAX_TOKENS
 from proxy.fronts.tool_results import (
     Completion,
     ConfigInfo,
@@ -74,7 +75,6 @@ ModelArg = Annotated[
         "Omit it to use the config's default model."
     ),
 ]
-MAX_TOKENS_LIMIT = 2**31 - 1  # what any API accepts; beyond it, token arithmetic would overflow a float
 
 
 def _not_a_boolean(value: Any) -> Any:
@@ -85,8 +85,8 @@ def _not_a_boolean(value: Any) -> Any:
 
 
 def _token_count(value: int | None) -> int | None:
-    if value is not None and value > MAX_TOKENS_LIMIT:
-        raise PydanticCustomError("less_than_equal", "Input should be at most {limit}", {"limit": MAX_TOKENS_LIMIT})
+    if value is not None and value > MAX_TOKENS:
+        raise PydanticCustomError("less_than_equal", "Input should be at most {limit}", {"limit": MAX_TOKENS})
     return value
 
 

@@ -17,7 +17,7 @@ field path (`messages[2].content[0].type`) for the first problem; it never raise
 - no string anywhere may hold a lone UTF-16 surrogate (`"\\ud800"`): it is not text and could not be sent on; no
   number anywhere may be `NaN` or infinite (`Infinity`, `1e999`): JSON has neither, and upstreams refuse them.
 - free-form JSON sent on as it is (`tools[].function.parameters`, `response_format`) nests at most
-  `fields.MAX_JSON_DEPTH` levels; `messages` holds at most `MAX_MESSAGES`; `model` is at most
+  `fields.MAX_JSON_DEPTH` levels; `messages` holds at most `fields.MAX_MESSAGES`; `model` is at most
   `fields.MAX_MODEL_NAME` characters.
 """
 
@@ -28,13 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.fronts.fields import Fields
+from proxy.fronts.fields import MAX_MESSAGES, MAX_TOKENS, Fields
 from proxy.fronts.http_common import BodyError
 from proxy.types import ChatRequest, ContentPart, ImagePart, Message, TextPart, ToolCall, ToolChoice, ToolDef
 
 MAX_STOP_SEQUENCES = 4
-MAX_MESSAGES = 100_000  # as the Anthropic front (and API); far more is a body built to keep the proxy busy
-MAX_TOKENS_LIMIT = 2**31 - 1
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _IMAGE_DETAILS = ("auto", "low", "high")
 _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
@@ -200,7 +198,7 @@ PASSTHROUGH: Mapping[str, Callable[[object, str], object]] = {
     "prompt_cache_key": lambda v, p: FIELDS.string(v, p),
     "safety_identifier": lambda v, p: FIELDS.string(v, p),
     # sampling extras of OpenAI-compatible servers (vLLM, Ollama, llama.cpp) and Anthropic (`top_k`)
-    "top_k": lambda v, p: FIELDS.integer(v, p, 0, MAX_TOKENS_LIMIT),
+    "top_k": lambda v, p: FIELDS.integer(v, p, 0, MAX_TOKENS),
     "min_p": lambda v, p: FIELDS.number(v, p, 0, 1),
     "repetition_penalty": lambda v, p: FIELDS.number(v, p, 0, 10),
 }
@@ -226,7 +224,7 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
     """`max_completion_tokens`, else `max_tokens`; both are checked when both are given."""
     limits = [
-        FIELDS.integer(body[key], key, 1, MAX_TOKENS_LIMIT)
+        FIELDS.integer(body[key], key, 1, MAX_TOKENS)
         for key in ("max_completion_tokens", "max_tokens")
         if body.get(key) is not None
     ]
