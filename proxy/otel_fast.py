@@ -272,8 +272,8 @@ class Recorder:
         are read from it on every call. A full queue or a shut-down processor take `emit` itself (its warning, its
         dropped count)."""
         batch = self._batch
-        if getattr(self._multi, "_span_processors", None) is not self._batch_for:  # first span, or one was added
-            processors = getattr(self._multi, "_span_processors", None)
+        processors = getattr(self._multi, "_span_processors", None)
+        if processors is not self._batch_for:  # first span, or a processor was added
             batch = self._batch = _lone_batch(processors)
             self._batch_for = processors
         if batch is None:

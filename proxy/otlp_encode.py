@@ -221,13 +221,13 @@ def _finished(span: FastSpan) -> bytes:
     trace_id, span_id, _, _, state, _ = context  # a SpanContext is a tuple: unpacked, not through its properties
     if state:  # a client's tracestate (rare): the general head
         parts = _head(context, parent, span._name, span._kind)
-    elif parent is None:
-        parts = [_root_ids(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", span_id)]
-        parts.append(_name_kind(span._name, span._kind))
     else:
         high, low = trace_id >> 64, trace_id & _LOW64
-        parts = [_child_ids(b"\x0a\x10", high, low, b"\x12\x08", span_id, b"\x22\x08", parent[1])]
-        parts.append(_name_kind(span._name, span._kind))
+        if parent is None:
+            ids = _root_ids(b"\x0a\x10", high, low, b"\x12\x08", span_id)
+        else:
+            ids = _child_ids(b"\x0a\x10", high, low, b"\x12\x08", span_id, b"\x22\x08", parent[1])
+        parts = [ids, _name_kind(span._name, span._kind)]
     parts.append(_times(0x39, span._start_time, 0x41, span._end_time))
     block, attributes = span._block, span._attributes
     if block is None:
