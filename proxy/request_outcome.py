@@ -21,7 +21,7 @@ def start_trace(request: ChatRequest, runtime: Runtime, *, stream: bool) -> Requ
     tracing = telemetry.active()
     if tracing is None:
         return None
-    return RequestTrace(tracing, request, stream=stream, config_version=runtime.config.version_hash)
+    return RequestTrace(tracing, request, stream=stream, runtime=runtime)
 
 
 def note_success(response: ChatResponse, trace: RequestTrace | None, *, stream: bool) -> None:

@@ -127,6 +127,8 @@ class Runtime:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.retry = RetryPolicy.from_config(config.retry, rng=self.rng, clock=clock)
+        # The attributes of this config version's request spans, by whether the request streams (proxy/spans.py).
+        self.span_blocks: dict[bool, Any] = {}
         self._owned = set(providers)  # providers this runtime closes (a reload hands kept ones to its successor)
         self.unchanged: frozenset[str] = frozenset()  # providers whose settings equal the previous runtime's
         if previous is not None:

@@ -36,7 +36,7 @@ from proxy.logs import redact, request_id
 from proxy.metrics import genai_provider_name
 from proxy.otel_fast import AttributeBlock
 from proxy.policies.retry import error_label
-from proxy.runtime import ModelPlan, PlannedTarget
+from proxy.runtime import ModelPlan, PlannedTarget, Runtime
 from proxy.telemetry import Tracing
 from proxy.types import ChatRequest, ChatResponse, Message, Usage
 
@@ -44,9 +44,6 @@ __all__ = ["RequestTrace", "error_type"]
 
 MAX_STATUS_TEXT = 500
 _servers: dict[str, tuple[str, int] | None] = {}
-MAX_VERSIONS = 64
-# The request span's attributes that never change for one config version: by whether it streams, then the version.
-_request_blocks: tuple[dict[str, AttributeBlock], dict[str, AttributeBlock]] = ({}, {})
 
 
 def error_type(error: BaseException) -> str:
@@ -146,17 +143,13 @@ class RequestTrace:
 
     __slots__ = ("capture", "child", "span")
 
-    def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, config_version: str) -> None:
+    def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, runtime: Runtime) -> None:
         self.child = tracing.start_child
         self.capture = tracing.capture_content
-        blocks = _request_blocks[stream]
-        block = blocks.get(config_version)
+        block = runtime.span_blocks.get(stream)
         if block is None:
-            if len(blocks) >= MAX_VERSIONS:  # reloads make new versions
-                blocks.clear()
-            block = blocks[config_version] = AttributeBlock(
-                {"proxy.stream": stream, "proxy.config.version": config_version}
-            )
+            fixed = {"proxy.stream": stream, "proxy.config.version": runtime.config.version_hash}
+            block = runtime.span_blocks[stream] = AttributeBlock(fixed)
         attributes: dict[str, Any] = {}
         if request.model:
             attributes["proxy.model.requested"] = request.model
