@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from proxy.config.suggest import format_path
+from proxy.config.suggest import clip, format_path
 from proxy.errors import ConfigIssue
 
 # The pure-Python loader on purpose: libyaml's composer recurses in C and crashes the process on input nested
@@ -143,7 +143,7 @@ class _Walker:
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         if node.tag == "tag:yaml.org,2002:timestamp":
             return node.value
-        text = _short(node.value)
+        text = clip(node.value, 40)
         try:
             value = self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
@@ -179,16 +179,12 @@ class _Walker:
         return value
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _yaml11_number(source: str, value: float) -> str | None:
     """Why an unquoted number means something other than it looks (YAML 1.1 rules), or None when it does not."""
     plain = source.strip()
     if ":" in plain:
         return (
-            f"YAML reads `{_short(plain)}` as the base-60 number {value:g}; for a duration write e.g. `1m30s`, "
+            f"YAML reads `{clip(plain, 40)}` as the base-60 number {value:g}; for a duration write e.g. `1m30s`, "
             "or put it in quotes if it is text"
         )
     if isinstance(value, float):
@@ -197,12 +193,12 @@ def _yaml11_number(source: str, value: float) -> str | None:
         return None
     if _OCTAL_INT.match(plain):
         return (
-            f"YAML reads `{_short(plain)}` as the octal number {value} because it starts with 0; "
+            f"YAML reads `{clip(plain, 40)}` as the octal number {value} because it starts with 0; "
             f"write it without the leading zeros, or put it in quotes if it is text"
         )
     base = "hexadecimal" if "x" in plain.lower() else "binary"
     return (
-        f"YAML reads `{_short(plain)}` as the {base} number {value}; write {value}, or put it in quotes if it is text"
+        f"YAML reads `{clip(plain, 40)}` as the {base} number {value}; write {value}, or put it in quotes if it is text"
     )
 
 

@@ -254,7 +254,7 @@ def _shown(value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (ValueError, RecursionError):  # nested too deeply, or a circular value
         return f"a {type(value).__name__}"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return clip(text)
 
 
 def argument_problems(tool: str, error: ValidationError) -> list[tuple[str, str]]:
