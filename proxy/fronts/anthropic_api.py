@@ -50,6 +50,7 @@ from proxy.fronts.http_common import (
     ClientGone,
     answer_headers,
     body_error_response,
+    first_chunk,
     proxy_error_response,
     read_json_object,
     until_disconnect,
@@ -127,15 +128,11 @@ async def count_tokens(request: Request) -> Response:
 # --- streaming -------------------------------------------------------------------------------------------------
 
 
-async def _first_chunk(stream: EngineStream) -> StreamChunk | None:
-    return await anext(aiter(stream), None)
-
-
 async def _start_stream(request: Request, engine: Engine, chat: ChatRequest) -> Response:
     """Wait for the first chunk (errors before it are plain HTTP errors), then answer with the SSE stream."""
     stream = engine.stream(chat, bypass_cache=bypasses_cache(request))
     try:
-        first = await until_disconnect(request.receive, _first_chunk(stream))
+        first = await until_disconnect(request.receive, first_chunk(stream))
     except ProxyError as exc:
         await stream.aclose()
         return _with_request_id(proxy_error_response("anthropic", exc), request)

@@ -10,7 +10,8 @@
   onto those shapes with the error's own status.
 - `answer_headers(...)` are the `x-llm-proxy-*` headers naming who answered.
 - `until_disconnect(receive, awaitable)` awaits the engine's work, cancelling it and raising `ClientGone` if the
-  client disconnects first; a front then answers `CLIENT_CLOSED` (499), which nobody reads.
+  client disconnects first; a front then answers `CLIENT_CLOSED` (499), which nobody reads; a stream's
+  first chunk is awaited so, through `first_chunk(stream)`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import json
 import math
 import sys
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable
 from typing import Any, Literal, TypeVar
 
 from starlette.requests import Request
@@ -226,3 +227,8 @@ async def until_disconnect(receive: Receive, awaitable: Awaitable[T]) -> T:
     if work.cancelled():
         raise ClientGone
     return work.result()
+
+
+async def first_chunk(stream: AsyncIterable[T]) -> T | None:
+    """The first item of `stream` (an engine stream's first chunk), or None when it is empty."""
+    return await anext(aiter(stream), None)

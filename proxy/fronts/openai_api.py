@@ -38,6 +38,7 @@ from proxy.fronts.http_common import (
     ClientGone,
     answer_headers,
     body_error_response,
+    first_chunk,
     proxy_error_response,
     read_json_object,
     until_disconnect,
@@ -107,14 +108,10 @@ async def _events(
         yield event
 
 
-async def _first_chunk(stream: EngineStream) -> StreamChunk | None:
-    return await anext(aiter(stream), None)
-
-
 async def _stream(request: Request, engine: Engine, inbound: InboundChat, bypass: bool, created: int) -> Response:
     stream = engine.stream(inbound.request, bypass_cache=bypass)
     try:
-        first = await until_disconnect(request.receive, _first_chunk(stream))
+        first = await until_disconnect(request.receive, first_chunk(stream))
     except ProxyError as error:
         await stream.aclose()
         return proxy_error_response("openai", error)
