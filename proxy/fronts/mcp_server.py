@@ -208,9 +208,8 @@ class McpFront:
             problem = _params_problem(ctx.method, ctx.params)
             if problem is not None:
                 raise MCPError(code=INVALID_PARAMS, message=problem)
-        if ctx.method == "prompts/get" and ctx.request_id is not None:
-            name = (ctx.params or {}).get("name")
-            if isinstance(name, str) and name not in self.templates:
+            name = ctx.params["name"]  # text: `_params_problem` checked it
+            if ctx.method == "prompts/get" and name not in self.templates:
                 known = quote_list(self.templates.names()) or "(none)"
                 hint = did_you_mean(name, self.templates.names()).removeprefix("; ")
                 hint = f" ({hint})" if hint else ""
