@@ -44,6 +44,7 @@ from proxy.errors import (
     UpstreamServerError,
 )
 from proxy.providers.base import Codec, Provider
+from proxy.providers.sse import BOM
 from proxy.types import ChatRequest, ChatResponse, StreamChunk, ToolCallDelta
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class HttpProvider(Provider):
             sniffing = True  # is this an event stream at all? Its first byte that is not blank decides
             try:
                 async for data in reply:
-                    if sniffing and (first := data.removeprefix(b"\xef\xbb\xbf").lstrip()):
+                    if sniffing and (first := data.removeprefix(BOM).lstrip()):
                         sniffing = False
                         if first[:1] in _WHOLE_BODY_STARTS:
                             whole = self._whole_reply(reply.status, reply.headers, data + await reply.read_whole())

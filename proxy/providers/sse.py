@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_EVENT_BYTES = 8 * 1024 * 1024
-_BOM = b"\xef\xbb\xbf"
+BOM = b"\xef\xbb\xbf"
 
 
 class SseError(ValueError):
@@ -57,12 +57,12 @@ class SseDecoder:
             self._pending_cr = False
         buffer = self._buffer + chunk if self._buffer else chunk
         if not self._started:
-            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+            if len(buffer) < len(BOM) and BOM.startswith(buffer):
                 self._buffer = buffer  # maybe the start of a byte order mark: wait for more
                 return []
             self._started = True
-            if buffer.startswith(_BOM):
-                buffer = buffer[len(_BOM) :]
+            if buffer.startswith(BOM):
+                buffer = buffer[len(BOM) :]
         events: list[SseEvent] = []
         start = 0
         length = len(buffer)
