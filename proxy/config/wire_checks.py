@@ -17,7 +17,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-Path = tuple[str | int, ...]
+from proxy.config.yaml_source import Path
+
 Problem = tuple[Path, str, bool]  # (path, message, points at the key)
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
