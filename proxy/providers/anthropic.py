@@ -34,7 +34,7 @@ from proxy.providers.anthropic_stream import (
     usage_from,
 )
 from proxy.providers.base import HttpCall
-from proxy.providers.http_provider import parse_json, status_message
+from proxy.providers.http_provider import NotJson, parse_json, status_message
 from proxy.providers.retry_after import parse_retry_after
 from proxy.types import ChatRequest, ChatResponse, ImagePart, Message, TextPart, ToolCall, ToolDef
 
@@ -145,7 +145,7 @@ class AnthropicCodec:
         try:
             payload = parse_json(body)
         except ValueError as exc:
-            what = "the reply is not JSON" if str(exc) == "is not valid JSON" else f"the reply {exc}"
+            what = "the reply is not JSON" if isinstance(exc, NotJson) else f"the reply {exc}"
             text = body.decode("utf-8", errors="replace")  # text only for the excerpt: not on every reply
             raise self._malformed(what if text.strip() else "the reply is empty", text) from None
         if isinstance(payload, dict) and (

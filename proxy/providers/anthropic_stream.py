@@ -32,7 +32,7 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
-from proxy.providers.http_provider import ShapeError, error_for_status, parse_json
+from proxy.providers.http_provider import NotJson, ShapeError, error_for_status, parse_json
 from proxy.providers.sse import SseDecoder, SseError, SseEvent
 from proxy.types import FinishReason, StreamChunk, ToolCallDelta, Usage
 
@@ -244,7 +244,7 @@ class AnthropicStreamDecoder:
         except ValueError as exc:
             if event.event == "error":  # a server that says what went wrong in plain text
                 raise self._error_event({"error": {"message": excerpt(event.data, self._secret)}}) from None
-            reason = "invalid JSON" if str(exc) == "is not valid JSON" else f"JSON that {exc}"
+            reason = "invalid JSON" if isinstance(exc, NotJson) else f"JSON that {exc}"
             raise self._malformed(f"{reason} in a `{event.event or 'message'}` event", event.data) from None
         if not isinstance(payload, dict):
             raise self._malformed("a stream event is not a JSON object", event.data)

@@ -98,6 +98,10 @@ class ShapeError(ValueError):
     """A reply is valid JSON but not the shape the protocol promises; the message names the part."""
 
 
+class NotJson(ValueError):
+    """`parse_json`'s failure for text that is not JSON at all (its other failures are plain `ValueError`s)."""
+
+
 def parse_json(data: bytes | str) -> Any:
     """`json.loads` for what an upstream sent. Every failure is a `ValueError` whose message completes "the body
     ...": `is not valid JSON`, `is not valid UTF-8 (byte 17)`, `is nested too deeply to read` (RecursionError), `has
@@ -109,7 +113,7 @@ def parse_json(data: bytes | str) -> Any:
     except RecursionError:
         raise ValueError("is nested too deeply to read") from None
     except json.JSONDecodeError:
-        raise ValueError("is not valid JSON") from None
+        raise NotJson("is not valid JSON") from None
     except ValueError:
         raise ValueError("has a number too long to read") from None
 
