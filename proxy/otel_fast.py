@@ -42,13 +42,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["AttributeBlock", "FastSpan", "Recorder", "traced_headers"]
+__all__ = ["SPAN_KEY", "AttributeBlock", "FastSpan", "Recorder", "traced_headers"]
 
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 # The key under which a `Context` holds its span, found through the public API (the constant itself is private).
-_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
 _BAGGAGE_KEY = next(iter(baggage.set_baggage("k", "v", Context())))  # where a `Context` holds its baggage
 
 
@@ -99,6 +99,7 @@ class AttributeBlock:
 
 
 _NO_EVENTS: tuple[Event, ...] = ()
+MAX_BLOCK_PAIRS = 256  # combined blocks kept per cache (FastSpan.extend_block)
 _MISSING = object()
 
 
@@ -191,6 +192,23 @@ class FastSpan(trace.Span, ReadableSpan):
     def set_attribute(self, key: str, value: Any) -> None:
         if self._end_time is None:
             self._attributes[key] = value
+
+    def extend_block(self, extra: AttributeBlock, cache: dict[Any, Any]) -> bool:
+        """Add `extra`'s attributes to the span's block: a block of both, made once per pair and kept in `cache`
+        (bounded); False when the span has ended."""
+        if self._end_time is not None:
+            return False
+        base = self._block
+        if base is None:
+            self._block = extra
+            return True
+        combined = cache.get((base, extra))
+        if combined is None:
+            if len(cache) >= MAX_BLOCK_PAIRS:
+                cache.clear()
+            combined = cache[base, extra] = AttributeBlock({**base.mapping, **extra.mapping})
+        self._block = combined
+        return True
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
         if self._end_time is None:
@@ -304,7 +322,7 @@ class Recorder:
     ) -> trace.Span:
         """A span under `context`'s span (default: the current one) with `block`'s attributes, then `attributes`
         (taking ownership of the dict)."""
-        parent_span = (context if context is not None else get_current()).get(_SPAN_KEY)
+        parent_span = (context if context is not None else get_current()).get(SPAN_KEY)
         if type(parent_span) is FastSpan:  # ours, so recorded: so is its child
             return self.child(name, parent_span, kind, attributes, block)
         if parent_span is None and self._root_bound is not None:  # a root under the default sampler
@@ -366,7 +384,7 @@ def traced_headers(headers: Mapping[str, str]) -> dict[str, str] | None:
     when no valid span is current. With the default propagators and one of our spans current, the same
     `traceparent`/`tracestate` are written directly (the generic path costs several us)."""
     current = get_current()
-    span = current.get(_SPAN_KEY)
+    span = current.get(SPAN_KEY)
     if type(span) is not FastSpan:
         if span is None or not span.get_span_context().is_valid:
             return None

@@ -1,11 +1,18 @@
 """The spans of one client request, made only when traces are on (`proxy.telemetry.active()` is not None):
 
-    POST /v1/chat/completions (SERVER, ProxyMiddleware) | tools/call complete_text (SERVER, the MCP SDK's own)
+    tools/call complete_text   SERVER: the MCP SDK's own
       proxy.request            INTERNAL: the request as the engine saw it, its outcome
         proxy.route            INTERNAL: one per model plan reached: strategy, candidate order, unavailable targets
         chat {model}           CLIENT: one per upstream attempt, the GenAI semantic-convention attributes
 
-Events on `proxy.request` make the walk visible: `proxy.cache.hit`, `proxy.ratelimit.wait`, `proxy.target.skipped`
+Over HTTP the request span is the front's SERVER span `POST /v1/chat/completions` (ProxyMiddleware offers it in
+`telemetry.server_span`, and the first request trace under it takes it when it is the current span): one span per
+HTTP request, as DESIGN.md says, instead of a SERVER span and an INTERNAL one of the same length (which cost a
+fifth of tracing's CPU). The middleware ends it and sets the answer's status code; a failure answered with a 4xx
+leaves its status unset (HTTP semantic conventions), `error.type` says what went wrong. Anywhere else (MCP, the CLI,
+a second engine request under one HTTP request) the request span is a new `proxy.request` under the current span.
+
+Events on the request span make the walk visible: `proxy.cache.hit`, `proxy.ratelimit.wait`, `proxy.target.skipped`
 (breaker open, disabled, cannot fit, rate limited), `proxy.retry` (with the backoff), `proxy.fallback`,
 `proxy.breaker.open` (a failure tripped a breaker). Attempt spans carry the GenAI attributes
 (PROTOCOLS.md section 6) plus `proxy.attempt`, `proxy.fallback_index` (targets tried before this one),
@@ -29,15 +36,16 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import get_current
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from proxy.errors import ProxyError
 from proxy.logs import redact, request_id
 from proxy.metrics import genai_provider_name
-from proxy.otel_fast import AttributeBlock
+from proxy.otel_fast import SPAN_KEY, AttributeBlock, FastSpan
 from proxy.policies.retry import error_label
 from proxy.runtime import ModelPlan, PlannedTarget, Runtime
-from proxy.telemetry import Tracing
+from proxy.telemetry import Tracing, server_span
 from proxy.types import ChatRequest, ChatResponse, Message, Usage
 
 __all__ = ["RequestTrace", "error_type"]
@@ -126,10 +134,15 @@ def _usage(attributes: dict[str, Any], usage: Usage | None) -> None:
         attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
 
 
-def _fail(span: trace.Span, error: BaseException, capture: bool) -> None:
+def _fail(span: trace.Span, error: BaseException, capture: bool, *, server: bool = False) -> None:
+    """Record `error` on `span`. On the HTTP server span (`server`) the front sets the answer's status code, and a 4xx
+    answer leaves the span's status unset (HTTP semantic conventions): the client's mistake or a limit, not ours."""
     span.set_attribute("error.type", error_type(error))
     status = getattr(error, "status", None)
-    if isinstance(status, int):
+    if server:
+        if isinstance(status, int) and status < 500:
+            return
+    elif isinstance(status, int):
         span.set_attribute("http.response.status_code", status)
     if capture and isinstance(error, ProxyError):
         text = redact(error.message[:MAX_STATUS_TEXT])
@@ -139,9 +152,11 @@ def _fail(span: trace.Span, error: BaseException, capture: bool) -> None:
 
 
 class RequestTrace:
-    """The `proxy.request` span of one client request and the spans and events under it (module docstring)."""
+    """The request span of one client request and the spans and events under it (module docstring): the HTTP
+    server span when the front offers it (`telemetry.server_span`) and it is the current span, else a new
+    `proxy.request` span under the current one."""
 
-    __slots__ = ("capture", "child", "span")
+    __slots__ = ("capture", "child", "owned", "span")
 
     def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, runtime: Runtime) -> None:
         self.child = tracing.start_child
@@ -153,9 +168,18 @@ class RequestTrace:
         attributes: dict[str, Any] = {}
         if request.model:
             attributes["proxy.model.requested"] = request.model
+        offered = server_span.get()
+        if offered and get_current().get(SPAN_KEY) is (server := offered.pop()):
+            self.owned = False
+            if not (type(server) is FastSpan and server.extend_block(block, runtime.span_blocks)):
+                attributes.update(block.mapping)
+            server.set_attributes(attributes)  # it has the request id already
+            self.span = server
+            return
         rid = request_id.get()
         if rid:
             attributes["proxy.request_id"] = rid
+        self.owned = True
         self.span = tracing.start_span("proxy.request", None, SpanKind.INTERNAL, attributes, block)  # under the current
 
     @property
@@ -290,7 +314,8 @@ class RequestTrace:
         elif response.cost:
             attributes["proxy.cost_usd"] = response.cost
         self.span.set_attributes(attributes)
-        self.span.end()
+        if self.owned:
+            self.span.end()
 
     def failed(self, error: BaseException, *, truncated: bool = False) -> None:
         span = self.span
@@ -300,7 +325,8 @@ class RequestTrace:
         if attempts is not None:
             span.set_attribute("proxy.attempts", len(attempts))
         if isinstance(error, Exception):
-            _fail(span, error, self.capture)
+            _fail(span, error, self.capture, server=not self.owned and not truncated)
         else:  # cancelled (GeneratorExit, CancelledError): the client went away
             span.set_attribute("proxy.cancelled", True)
-        span.end()
+        if self.owned:
+            span.end()

@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,11 @@ class Tracing:
 
 _active: Tracing | None = None
 _global_claimed = False
+
+# The HTTP server span of the request in progress, which the engine's request span may take as its own (one span
+# per HTTP request, proxy/spans.py): the front puts it here in a one-item list, the first request trace under it
+# pops it.
+server_span: ContextVar[list[trace.Span] | None] = ContextVar("server_span", default=None)
 
 
 def active() -> Tracing | None:

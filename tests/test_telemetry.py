@@ -1,7 +1,8 @@
 """Traces of real requests, captured with the SDK's `InMemorySpanExporter`: the span tree and its attributes for a
 plain call, a call that retried then fell back, a cache hit, a stream, a truncated stream, an MCP tool call (under
-the SDK's own `tools/call` span), an HTTP request honouring the client's `traceparent` (and sending one upstream);
-and with traces off, no span and no `traceparent` at all.
+the SDK's own `tools/call` span, over HTTP too), an HTTP request (its server span is the request span) honouring
+the client's `traceparent` (and sending one upstream), a failed HTTP request; and with traces off, no span and no
+`traceparent` at all.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import aiohttp
+import anyio
 import pytest
 from mcp import Client
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -18,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy import telemetry
+from proxy.cli_serve import ServeOptions, serve
 from proxy.config import load_config_text
 from proxy.engine import Engine
 from proxy.errors import StreamInterrupted
@@ -253,25 +256,128 @@ models:
         assert reply.status == 200
         await reply.read()
     server = one(spans, "POST /v1/chat/completions")
-    request = one(spans, "proxy.request")
+    route = one(spans, "proxy.route")
     attempt = one(spans, "chat gpt-4o-mini")
+    assert not by_name(spans, "proxy.request")  # the server span is the request span: one span per HTTP request
     assert server.kind is SpanKind.SERVER
     assert format(server.context.trace_id, "032x") == TRACE_ID
     assert format(parent_of(server), "016x") == PARENT_ID
-    assert parent_of(request) == server.context.span_id
+    assert parent_of(route) == parent_of(attempt) == server.context.span_id
     s = dict(server.attributes)
     assert (s["http.request.method"], s["http.route"], s["http.response.status_code"]) == (
         "POST",
         "/v1/chat/completions",
         200,
     )
-    assert s["proxy.request_id"] == dict(request.attributes)["proxy.request_id"] == "req-from-client"
+    assert s["proxy.request_id"] == "req-from-client"
+    assert (s["proxy.route"], s["proxy.provider"], s["proxy.attempts"], s["proxy.cache.hit"]) == (
+        "default",
+        "openai",
+        1,
+        False,
+    )
+    assert (s["proxy.model.requested"], s["proxy.stream"]) == ("default", False)
+    assert s["proxy.config.version"]
+    assert server.status.status_code is StatusCode.UNSET
     a = dict(attempt.attributes)
     assert (a["server.address"], a["server.port"]) == ("127.0.0.1", fake.port)
     assert a["gen_ai.provider.name"] == "openai"
     assert a["gen_ai.response.id"]
     sent = fake.last_request.header("traceparent")
     assert sent == f"00-{TRACE_ID}-{format(attempt.context.span_id, '016x')}-01"
+
+
+HTTP_FAILURES = """
+version: 1
+providers:
+  down: {type: mock, mock: {fault: {status: 503}}}
+  picky: {type: mock, mock: {fault: {status: 400, message: "bad request: temperature"}}}
+models:
+  down: {targets: [{provider: down, model: down-1}]}
+  picky: {targets: [{provider: picky, model: picky-1}]}
+defaults: {model: down}
+retry: {max_attempts: 1}
+"""
+
+
+@pytest.mark.parametrize(("model", "error_status"), [("down", True), ("picky", False)])
+async def test_a_failed_http_request_is_recorded_on_its_server_span(spans, model, error_status):
+    """The engine's error kind on the server span; an ERROR status for a 5xx answer, none for a 4xx (HTTP
+    semantic conventions: the client's side of things); the status code is the proxy's answer's."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        engine_app(HTTP_FAILURES, api_routes=openai_api.routes) as (base_url, _),
+        aiohttp.ClientSession(base_url) as session,
+        session.post("/v1/chat/completions", json=body) as reply,
+    ):
+        answered = reply.status
+        await reply.read()
+    server = one(spans, "POST /v1/chat/completions")
+    attempt = one(spans, f"chat {model}-1")
+    assert not by_name(spans, "proxy.request")
+    s = dict(server.attributes)
+    assert s["http.response.status_code"] == answered
+    assert (answered >= 500) is error_status
+    assert s["error.type"] == ("AllTargetsFailed" if error_status else "bad_request")  # the engine's, not the code
+    assert dict(attempt.attributes)["error.type"] == ("overloaded" if error_status else "bad_request")
+    assert s["proxy.attempts"] == 1
+    if error_status:
+        assert server.status.status_code is StatusCode.ERROR
+        assert server.status.description and "temperature" not in server.status.description
+    else:
+        assert server.status.status_code is StatusCode.UNSET
+
+
+async def test_a_truncated_http_stream_marks_its_server_span(spans):
+    """The answer started (200), then the upstream cut the stream: the server span says so, with an ERROR status."""
+    body = {"model": "cut", "stream": True, "messages": [{"role": "user", "content": "cut it"}]}
+    async with (
+        engine_app(CONFIG, api_routes=openai_api.routes) as (base_url, _),
+        aiohttp.ClientSession(base_url) as session,
+        session.post("/v1/chat/completions", json=body) as reply,
+    ):
+        assert reply.status == 200
+        text = (await reply.read()).decode()
+    assert "alpha" in text and "[DONE]" not in text
+    server = one(spans, "POST /v1/chat/completions")
+    s = dict(server.attributes)
+    assert s["proxy.stream.truncated"] is True and s["proxy.stream"] is True
+    assert s["http.response.status_code"] == 200  # what the client got, not the error's status
+    assert server.status.status_code is StatusCode.ERROR
+    assert "alpha" not in (server.status.description or "")
+    assert dict(one(spans, "chat cut-1").attributes)["proxy.stream.truncated"] is True
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_mcp_over_http_keeps_the_request_span_under_the_sdk_span(spans, mode):
+    """Over `/mcp` the server span is the HTTP exchange and the SDK's `tools/call` span sits between it and the
+    engine: `proxy.request` is made under the SDK's span, not merged into the HTTP one."""
+    config = load_config_text(CONFIG, env={})
+    stop, ready = anyio.Event(), anyio.Event()
+    urls: list[str] = []
+
+    def on_ready(url: str) -> None:
+        urls.append(url)
+        ready.set()
+
+    async with anyio.create_task_group() as tasks:
+        options = ServeOptions("http", "127.0.0.1", 0, False)
+        tasks.start_soon(lambda: serve(config, options, stop=stop, handle_signals=False, on_ready=on_ready))
+        with anyio.fail_after(10):
+            await ready.wait()
+        async with Client(urls[0], mode=mode) as client:
+            result = await client.call_tool("complete_text", {"prompt": "hi over http"})
+        stop.set()
+    assert not result.is_error
+    tool = one(spans, "tools/call complete_text")
+    request = one(spans, "proxy.request")
+    attempt = one(spans, "chat good-1")
+    assert parent_of(request) == tool.context.span_id
+    assert parent_of(attempt) == request.context.span_id
+    assert tool.kind is SpanKind.SERVER
+    posts = by_name(spans, "POST /mcp")
+    assert posts  # the HTTP exchanges were traced, and none took the engine's request as its own
+    assert not [span for span in posts if "proxy.route" in dict(span.attributes)]
 
 
 async def test_with_traces_off_nothing_is_recorded_and_no_traceparent_is_sent(start_fake):

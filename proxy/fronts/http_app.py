@@ -11,7 +11,8 @@
   request, so a reload that rotates them takes effect at once;
 - telemetry: the request id goes into `proxy.logs.request_id`, so every log line of the request carries it; with
   traces on, a SERVER span `{method} {route}` (its parent the client's `traceparent`, when it sent one) is current
-  for the whole exchange, streamed body included, so the engine's spans nest under it. The probes and `/metrics`
+  for the whole exchange, streamed body included; the engine's request takes it as its request span
+  (`telemetry.server_span`), so its routing and attempt spans nest under it. The probes and `/metrics`
   get no span (scrapers and kubelets would drown the traces).
 """
 
@@ -114,6 +115,16 @@ def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> t
     return tracing.start_span(name, parent, trace.SpanKind.SERVER, {"proxy.request_id": request_id}, block)
 
 
+def _mark_error(span: trace.Span, kind: str) -> None:
+    """`error.type` and an ERROR status on the server span, unless the engine's request, which took the span as its
+    own (proxy/spans.py), already recorded what went wrong."""
+    status = getattr(span, "status", None)
+    if status is not None and status.status_code is trace.StatusCode.ERROR:
+        return
+    span.set_attribute("error.type", kind)
+    span.set_status(trace.Status(trace.StatusCode.ERROR))
+
+
 class ProxyMiddleware:
     """Request ids and bearer-token auth around every route (see the module docstring)."""
 
@@ -136,20 +147,20 @@ class ProxyMiddleware:
                 return
             span = _server_span(scope, tracing, request_id)
             context_token = otel_context.attach(trace.set_span_in_context(span))
+            offer_token = telemetry.server_span.set([span])
             status: list[int] = []
             try:
                 await self._serve(scope, receive, send, request_id, status)
             except BaseException as exc:
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_status(trace.Status(trace.StatusCode.ERROR))
+                _mark_error(span, type(exc).__qualname__)
                 raise
             finally:
                 if status:
                     span.set_attribute("http.response.status_code", status[0])
                     if status[0] >= 500:
-                        span.set_attribute("error.type", str(status[0]))
-                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                        _mark_error(span, str(status[0]))
                 span.end()
+                telemetry.server_span.reset(offer_token)
                 otel_context.detach(context_token)
         finally:
             logs.request_id.reset(id_token)
