@@ -68,6 +68,15 @@ def _lone_batch(processors: Any) -> Any:
     return batch
 
 
+def _lone_enqueue(processors: Any) -> Any:
+    """The `enqueue` of a lone `EncodingSpanProcessor` among `processors`, else None."""
+    from proxy.span_batches import EncodingSpanProcessor  # it imports this module (through otlp_encode)
+
+    if isinstance(processors, tuple) and len(processors) == 1 and type(processors[0]) is EncodingSpanProcessor:
+        return processors[0].enqueue
+    return None
+
+
 def _ratio_root_bound(sampler: Any) -> int | None:
     """For the default sampler (parent-based, a trace-id ratio at the root): the ratio's bound, so that a root span's
     decision is the one comparison the ratio sampler makes (same result, trace state and attributes)."""
@@ -259,6 +268,7 @@ class Recorder:
     __slots__ = (
         "_batch",
         "_batch_for",
+        "_enqueue",
         "_ids",
         "_multi",
         "_root_bound",
@@ -281,19 +291,26 @@ class Recorder:
         self._multi = provider._active_span_processor  # the SDK's one entry point for finished spans
         self._batch_for: Any = None  # the processors tuple `_batch` was found for
         self._batch: Any = None
+        self._enqueue: Any = None
         self.scope = scope
 
     def finished(self, span: FastSpan) -> None:
-        """Hand `span` to the provider's processors. A lone `BatchSpanProcessor` gets it straight into its queue:
+        """Hand `span` to the provider's processors. A lone `EncodingSpanProcessor` (proxy/span_batches.py) gets it
+        through its `enqueue` (our spans are sampled). A lone `BatchSpanProcessor` gets it straight into its queue:
         what its `emit` does, minus its fork check (`os.getpid()`, a system call on every span). A forked child is
         still covered: the processor re-initialises itself through `os.register_at_fork`, and the queue and event
         are read from it on every call. A full queue or a shut-down processor take `emit` itself (its warning, its
         dropped count)."""
-        batch = self._batch
         processors = getattr(self._multi, "_span_processors", None)
         if processors is not self._batch_for:  # first span, or a processor was added
-            batch = self._batch = _lone_batch(processors)
+            self._batch = _lone_batch(processors)
+            self._enqueue = _lone_enqueue(processors)
             self._batch_for = processors
+        enqueue = self._enqueue
+        if enqueue is not None:
+            enqueue(span)
+            return
+        batch = self._batch
         if batch is None:
             self._multi.on_end(span)
             return

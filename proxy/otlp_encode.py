@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status
 
 from proxy.otel_fast import _UNSET, FastSpan
 
-__all__ = ["FastOTLPSpanExporter", "encode_spans"]
+__all__ = ["ENCODE_CHUNK", "FastOTLPSpanExporter", "encode_spans", "pace"]
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +336,11 @@ ENCODE_PACE = 3.0
 MAX_PAUSE = 0.005
 
 
+def pace(took: float) -> None:
+    """The pause after a chunk that took `took` seconds to encode (it also releases the GIL)."""
+    time.sleep(min(MAX_PAUSE, took * ENCODE_PACE))
+
+
 def _encode_yielding(spans: Sequence[ReadableSpan]) -> bytes:
     """`encode_spans` in chunks, paced (above): a batch of 2,048 spans would otherwise hold the GIL for several
     switch intervals at a time (tail latency). Concatenated requests are one request whose `resource_spans` are the
@@ -346,7 +351,7 @@ def _encode_yielding(spans: Sequence[ReadableSpan]) -> bytes:
     took = 0.0
     for start in range(0, len(spans), ENCODE_CHUNK):
         if parts:
-            time.sleep(min(MAX_PAUSE, took * ENCODE_PACE))  # also releases the GIL
+            pace(took)
         began = time.perf_counter()
         parts.append(encode_spans(spans[start : start + ENCODE_CHUNK]))
         took = time.perf_counter() - began
@@ -354,7 +359,8 @@ def _encode_yielding(spans: Sequence[ReadableSpan]) -> bytes:
 
 
 class FastOTLPSpanExporter(SpanExporter):
-    """The stock OTLP/HTTP span exporter with `encode_spans` as its encoder (see the module docstring)."""
+    """The stock OTLP/HTTP span exporter with `encode_spans` as its encoder (see the module docstring). `send()` posts
+    bytes already encoded (proxy/span_batches.py encodes as spans come); `export()` encodes, then sends."""
 
     def __init__(self, inner: SpanExporter) -> None:
         self._inner = inner
@@ -366,23 +372,32 @@ class FastOTLPSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.fast:
             return self._inner.export(spans)
-        if getattr(self._inner, "_shutdown", False):  # the stock export's own checks, where it has them
-            log.warning("span exporter already shut down: %d spans not exported", len(spans))
-            return SpanExportResult.FAILURE
         try:
             data = _encode_yielding(spans)
         except Exception:
             log.exception("could not encode %d spans; exporting them the stock way", len(spans))
             return self._inner.export(spans)
+        return SpanExportResult.SUCCESS if self.send(data, len(spans)) else SpanExportResult.FAILURE
+
+    def export_stock(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """The stock exporter's own `export()` (encoder included), for spans `encode_spans` could not write."""
+        return self._inner.export(spans)
+
+    def send(self, data: bytes, count: int) -> bool:
+        """Post `data`, an encoded `ExportTraceServiceRequest` of `count` spans, with the stock exporter's client and
+        checks; False (and a warning) when it was not delivered."""
+        if getattr(self._inner, "_shutdown", False):  # the stock export's own checks, where it has them
+            log.warning("span exporter already shut down: %d spans not exported", count)
+            return False
         limit = getattr(self._inner, "_max_request_size", 0)
         if isinstance(limit, int) and 0 < limit < len(data):
-            log.warning("%d spans not exported: %d bytes exceed the exporter's max_request_size", len(spans), len(data))
-            return SpanExportResult.FAILURE
+            log.warning("%d spans not exported: %d bytes exceed the exporter's max_request_size", count, len(data))
+            return False
         result = self._post(data)  # type: ignore[misc]
         if getattr(result, "success", False):
-            return SpanExportResult.SUCCESS
+            return True
         log.warning("span export failed: %s", getattr(result, "reason", None) or getattr(result, "status_code", None))
-        return SpanExportResult.FAILURE
+        return False
 
     def shutdown(self) -> None:
         self._inner.shutdown()

@@ -10,9 +10,10 @@ dispatch, fronts and transport skip every span, event and `traceparent` behind t
 
 On: spans go to one SDK `TracerProvider` (resource: `service.name`, `service.version`, the config's
 `resource_attributes`, then `OTEL_SERVICE_NAME`/`OTEL_RESOURCE_ATTRIBUTES` over them; sampler: parent-based ratio
-`traces.sample_ratio` unless `OTEL_TRACES_SAMPLER` says otherwise; a batch processor of up to 2,048 spans per
-export, `OTEL_BSP_*` over that). Exporters:
-- `otlp`: OTLP/HTTP protobuf (encoded by proxy/otlp_encode.py) to `traces.endpoint` + `/v1/traces`;
+`traces.sample_ratio` unless `OTEL_TRACES_SAMPLER` says otherwise; up to 2,048 spans per export, `OTEL_BSP_*` over
+that). Exporters:
+- `otlp`: OTLP/HTTP protobuf (encoded by proxy/otlp_encode.py as spans come, proxy/span_batches.py) to
+  `traces.endpoint` + `/v1/traces`;
   `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `..._HEADERS` and friends win; `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` needs
   the gRPC exporter installed;
 - `console`: stderr (stdout is the MCP protocol on stdio); `none`.
@@ -44,12 +45,12 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from proxy import __version__
+from proxy import __version__, span_batches
 from proxy.config.model import TelemetryConfig
 from proxy.metrics import Metrics
 from proxy.otel_fast import AttributeBlock, Recorder
@@ -305,18 +306,23 @@ def _metric_exporter(settings: Settings) -> MetricExporter:
     return OTLPMetricExporter(endpoint=settings.metrics_endpoint)
 
 
-# Spans per OTLP export and spans held at most: 4x the SDK's 512 and 2048, so that a busy proxy (4 spans per request)
-# sends a quarter as many export requests (requests + urllib3 were ~1.8% of its CPU at 512); about 1 MB per export.
-# `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` / `OTEL_BSP_MAX_QUEUE_SIZE` win (both then come from the environment or the SDK).
-BATCH_SIZE = 2048
-QUEUE_SIZE = 8192
-
-
 def _batch_sizes(env: Mapping[str, str] | None = None) -> dict[str, int]:
+    """The SDK batch processor's sizes (console and gRPC exports): proxy/span_batches.py's, 4x the SDK's 512 spans
+    per export and 2048 held, so that a busy proxy (3 spans per HTTP request) sends a quarter as many export requests
+    (requests + urllib3 were ~1.8% of its CPU at 512). `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` / `OTEL_BSP_MAX_QUEUE_SIZE`
+    win (both then come from the environment or the SDK)."""
     env = os.environ if env is None else env
     if env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or env.get("OTEL_BSP_MAX_QUEUE_SIZE"):
         return {}
-    return {"max_export_batch_size": BATCH_SIZE, "max_queue_size": QUEUE_SIZE}
+    return {"max_export_batch_size": span_batches.SEND_SIZE, "max_queue_size": span_batches.QUEUE_SIZE}
+
+
+def _span_processor(settings: Settings) -> SpanProcessor:
+    """OTLP/HTTP: the encoding processor (proxy/span_batches.py); any other exporter: the SDK's batch processor."""
+    exporter = _span_exporter(settings)
+    if isinstance(exporter, FastOTLPSpanExporter) and exporter.fast:
+        return span_batches.EncodingSpanProcessor(exporter, **span_batches.settings_from_env())
+    return BatchSpanProcessor(exporter, **_batch_sizes())
 
 
 class Telemetry:
@@ -340,7 +346,7 @@ class Telemetry:
             if span_exporter is not None:  # tests: every span at once
                 provider.add_span_processor(SimpleSpanProcessor(span_exporter))
             else:
-                provider.add_span_processor(BatchSpanProcessor(_span_exporter(settings), **_batch_sizes()))
+                provider.add_span_processor(_span_processor(settings))
             self._provider = provider
             self.tracing = Tracing(provider, capture_content=settings.capture_content)
         if metric_exporter is None and settings.metrics != "none":
