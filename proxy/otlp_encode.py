@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from proxy.otel_fast import _UNSET, FastSpan
 
@@ -54,7 +55,7 @@ MAX_VALUES_PER_KEY = 64
 MAX_CACHED_BYTES = 512
 _CONTENT_KEYS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions"})
 _names: dict[bytes, dict[str, bytes]] = {}  # span and event names by tag, encoded
-_name_kinds: dict[tuple[str, SpanKind], bytes] = {}
+_name_kinds: dict[str, tuple[SpanKind, bytes]] = {}  # by name (hashing a SpanKind calls Python code), with the kind
 MAX_NAMES = 1024
 _SMALL = [bytes((n,)) for n in range(128)]
 _STATUS_UNSET = b"\x7a\x00"
@@ -184,12 +185,13 @@ def _trace_state(state: Any) -> str:
 
 
 def _name_kind(name: str, kind: SpanKind) -> bytes:
-    """A span's name and kind fields, encoded (cached: the proxy's span names repeat)."""
-    encoded = _name_kinds.get((name, kind))
-    if encoded is None:
-        encoded = _text(b"\x2a", name) + _KIND[kind]
-        if len(_name_kinds) < MAX_NAMES:
-            _name_kinds[name, kind] = encoded
+    """A span's name and kind fields, encoded (cached: the proxy's span names repeat, each with its one kind)."""
+    cached = _name_kinds.get(name)
+    if cached is not None and cached[0] is kind:
+        return cached[1]
+    encoded = _text(b"\x2a", name) + _KIND[kind]
+    if cached is None and len(_name_kinds) < MAX_NAMES:
+        _name_kinds[name] = (kind, encoded)
     return encoded
 
 
@@ -219,7 +221,7 @@ def _finished(span: FastSpan) -> bytes:
     dropped, its attribute block's bytes made once (`AttributeBlock`), ids and times packed in one call each."""
     context, parent = span._context, span._parent
     trace_id, span_id, _, _, state, _ = context  # a SpanContext is a tuple: unpacked, not through its properties
-    if state:  # a client's tracestate (rare): the general head
+    if state is not DEFAULT_TRACE_STATE and state:  # a client's tracestate (rare): the general head
         parts = _head(context, parent, span._name, span._kind)
     else:
         high, low = trace_id >> 64, trace_id & _LOW64
@@ -246,11 +248,8 @@ def _finished(span: FastSpan) -> bytes:
         parts.append(_field(b"\x5a", body))
     status = span._status
     parts.append(_STATUS_UNSET if status is _UNSET else _status(status))
-    parts.append(_FLAGS[parent is not None and parent.is_remote])
-    size = 0
-    for part in parts:
-        size += len(part)
-    parts[0] = b"\x12" + _varint(size) + parts[0]
+    parts.append(_FLAGS[parent is not None and parent[2]])  # parent.is_remote, without the property
+    parts[0] = b"\x12" + _varint(sum(map(len, parts))) + parts[0]
     return b"".join(parts)
 
 

@@ -80,7 +80,8 @@ class PlannedTarget:
     price: PriceConfig | None
     limiter: LimiterChain
     breaker: CircuitBreaker
-    # The attributes of this target's attempt spans that never change, made on first use (proxy/spans.py).
+    # The name and the attributes of this target's attempt spans that never change, made on first use
+    # (proxy/spans.py).
     span_blocks: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -98,7 +99,8 @@ class ModelPlan:
     targets: tuple[PlannedTarget, ...]
     router: Router
     cache_scope: str  # the model's name plus a hash of its settings: part of the response-cache key
-    # The attributes of this plan's routing spans that never change, made on first use (proxy/spans.py).
+    # The attributes of this plan's routing spans that never change and the labels of candidate orders seen, made
+    # on first use (proxy/spans.py).
     span_blocks: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -127,8 +129,9 @@ class Runtime:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.retry = RetryPolicy.from_config(config.retry, rng=self.rng, clock=clock)
-        # The attributes of this config version's request spans, by whether the request streams (proxy/spans.py).
-        self.span_blocks: dict[bool, Any] = {}
+        # The attributes of this config version's request spans, by whether the request streams, and those blocks
+        # joined with the HTTP server spans' (proxy/spans.py).
+        self.span_blocks: dict[Any, Any] = {}
         self._owned = set(providers)  # providers this runtime closes (a reload hands kept ones to its successor)
         self.unchanged: frozenset[str] = frozenset()  # providers whose settings equal the previous runtime's
         if previous is not None:

@@ -34,15 +34,13 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import get_current
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from proxy.errors import ProxyError
 from proxy.logs import redact, request_id
 from proxy.metrics import genai_provider_name
-from proxy.otel_fast import SPAN_KEY, AttributeBlock, FastSpan
+from proxy.otel_fast import SPAN_KEY, AttributeBlock, FastSpan, current_context, enter_span, leave_span
 from proxy.policies.retry import error_label
 from proxy.runtime import ModelPlan, PlannedTarget, Runtime
 from proxy.telemetry import Tracing, server_span
@@ -51,6 +49,7 @@ from proxy.types import ChatRequest, ChatResponse, Message, Usage
 __all__ = ["RequestTrace", "error_type"]
 
 MAX_STATUS_TEXT = 500
+MAX_CACHED_ORDERS = 64  # candidate orders (their labels) kept per model plan, beside its two route blocks
 _servers: dict[str, tuple[str, int] | None] = {}
 
 
@@ -169,7 +168,7 @@ class RequestTrace:
         if request.model:
             attributes["proxy.model.requested"] = request.model
         offered = server_span.get()
-        if offered and get_current().get(SPAN_KEY) is (server := offered.pop()):
+        if offered and current_context().get(SPAN_KEY) is (server := offered.pop()):
             self.owned = False
             if not (type(server) is FastSpan and server.extend_block(block, runtime.span_blocks)):
                 attributes.update(block.mapping)
@@ -202,10 +201,15 @@ class RequestTrace:
         return self.child("proxy.route", self.span, SpanKind.INTERNAL, {}, block)
 
     def end_route(self, span: trace.Span, plan: ModelPlan, order: list[int], available: list[bool]) -> None:
-        targets = plan.targets
-        span.set_attribute("proxy.routing.candidates", tuple([targets[index].label for index in order]))
+        key = tuple(order)
+        candidates = plan.span_blocks.get(key)  # the labels of an order seen before (few: one per rotation)
+        if candidates is None:
+            candidates = tuple([plan.targets[index].label for index in order])
+            if len(plan.span_blocks) < MAX_CACHED_ORDERS:
+                plan.span_blocks[key] = candidates
+        span.set_attribute("proxy.routing.candidates", candidates)
         if not all(available):
-            unavailable = tuple(t.label for t, ok in zip(targets, available, strict=True) if not ok)
+            unavailable = tuple(t.label for t, ok in zip(plan.targets, available, strict=True) if not ok)
             span.set_attribute("proxy.routing.unavailable", unavailable)
         span.end()
 
@@ -215,9 +219,11 @@ class RequestTrace:
         self, target: PlannedTarget, request: ChatRequest, *, attempt: int, fallback_index: int, waited: float
     ) -> trace.Span:
         """The CLIENT span of one upstream call; make it current (`enter`) while the call is sent."""
-        block = target.span_blocks.get(request.stream)
-        if block is None:
-            block = target.span_blocks[request.stream] = AttributeBlock(_target_attributes(target, request))
+        named = target.span_blocks.get(request.stream)
+        if named is None:
+            block = AttributeBlock(_target_attributes(target, request))
+            named = target.span_blocks[request.stream] = (f"chat {target.model}", block)
+        name, block = named
         attributes: dict[str, Any] = {
             "proxy.attempt": attempt,
             "proxy.fallback_index": fallback_index,
@@ -235,15 +241,10 @@ class RequestTrace:
             attributes["gen_ai.request.stop_sequences"] = tuple(request.stop)
         if self.capture:
             attributes.update(_input_messages(request))
-        return self.child(f"chat {target.model}", self.span, SpanKind.CLIENT, attributes, block)
+        return self.child(name, self.span, SpanKind.CLIENT, attributes, block)
 
-    @staticmethod
-    def enter(span: trace.Span) -> object:
-        return otel_context.attach(trace.set_span_in_context(span))
-
-    @staticmethod
-    def leave(token: object) -> None:
-        otel_context.detach(token)  # type: ignore[arg-type]
+    enter = staticmethod(enter_span)
+    leave = staticmethod(leave_span)
 
     def attempt_succeeded(self, span: trace.Span, response: ChatResponse | None, usage: Usage | None) -> None:
         attributes: dict[str, Any] = {}

@@ -126,6 +126,22 @@ async def test_a_plain_call_is_a_request_span_with_a_routing_span_and_one_client
     assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a  # capture_content is off
 
 
+async def test_each_route_span_names_its_own_candidate_order(spans):
+    """Round robin turns the order from one request to the next; each routing span lists the order it used (the
+    labels of an order are kept once made, so a stale one would show here)."""
+    turns = "  turns: {strategy: round_robin, targets: [{provider: good, model: a}, {provider: good, model: b}, "
+    turns += "{provider: good, model: c}]}\n"
+    engine = make_engine(CONFIG.replace("models:\n", "models:\n" + turns))
+    answered = [(await engine.complete(ChatRequest.from_prompt(f"n{n}", model="turns"))).model for n in range(6)]
+    routes = sorted(by_name(spans, "proxy.route"), key=lambda span: span.start_time)
+    firsts = [dict(route.attributes)["proxy.routing.candidates"][0] for route in routes]
+    assert firsts == [f"good/{model}" for model in answered]
+    assert len(set(firsts)) == 3
+    for route in routes:
+        candidates = dict(route.attributes)["proxy.routing.candidates"]
+        assert sorted(candidates) == ["good/a", "good/b", "good/c"]
+
+
 async def test_retries_then_a_fallback_show_as_attempt_spans_and_events(spans):
     engine = make_engine()
     response = await engine.complete(ChatRequest.from_prompt("hello", model="shaky"))

@@ -4,8 +4,11 @@ provider's sampler and their parents; the installed OTLP exporter offers the cli
 
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 
+import pytest
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode
@@ -21,7 +24,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
-from proxy import otlp_encode
+from proxy import otel_fast, otlp_encode
 from proxy.otel_fast import AttributeBlock, FastSpan, traced_headers
 from proxy.otlp_encode import FastOTLPSpanExporter, encode_spans
 from proxy.telemetry import Tracing
@@ -375,4 +378,28 @@ def test_a_lone_surrogate_in_captured_text_is_replaced_not_a_lost_batch():
     spans = decoded.resource_spans[0].scope_spans[0].spans
     assert [span.name for span in spans] == ["chat m", "next"]
     assert {kv.key: kv.value.string_value for kv in spans[0].attributes} == {"gen_ai.output.messages": "a?b", "ok": "x"}
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("api_only", [False, True])
+def test_enter_span_makes_a_span_current_as_the_api_does(monkeypatch, api_only, caplog):
+    if api_only:  # another runtime context (OTEL_PYTHON_CONTEXT): the API's own attach and detach
+        monkeypatch.setattr(otel_fast, "_CURRENT", None)
+    provider, _ = provider_with()
+    tracing = Tracing(provider)
+    outer, inner = tracing.start_span("outer"), tracing.start_span("inner")
+    with trace.use_span(outer):
+        baggage_token = otel_context.attach(baggage.set_baggage("team", "llm"))
+        token = otel_fast.enter_span(inner)
+        assert trace.get_current_span() is inner
+        assert baggage.get_baggage("team") == "llm"  # the rest of the context is kept
+        assert otel_fast.current_context().get(otel_fast.SPAN_KEY) is inner
+        otel_fast.leave_span(token)
+        assert trace.get_current_span() is outer
+        otel_context.detach(baggage_token)
+    stray = contextvars.copy_context().run(otel_fast.enter_span, inner)  # a token made in another context
+    with caplog.at_level(logging.ERROR):
+        otel_fast.leave_span(stray)  # logged, not raised (as `context.detach` does)
+    assert "Failed to detach context" in caplog.text or "failed to detach" in caplog.text
+    assert trace.get_current_span() is not inner
     provider.shutdown()

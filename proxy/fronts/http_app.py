@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -40,7 +39,7 @@ from proxy.fronts import status
 from proxy.fronts.http_common import error_for_path
 from proxy.fronts.prometheus import metrics_route_handler
 from proxy.ids import random_hex
-from proxy.otel_fast import AttributeBlock
+from proxy.otel_fast import AttributeBlock, enter_span, leave_span
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | status.PUBLIC_PATHS  # the status page asks for its token
@@ -146,7 +145,7 @@ class ProxyMiddleware:
                 await self._serve(scope, receive, send, request_id)
                 return
             span = _server_span(scope, tracing, request_id)
-            context_token = otel_context.attach(trace.set_span_in_context(span))
+            context_token = enter_span(span)
             offer_token = telemetry.server_span.set([span])
             status: list[int] = []
             try:
@@ -161,7 +160,7 @@ class ProxyMiddleware:
                         _mark_error(span, str(status[0]))
                 span.end()
                 telemetry.server_span.reset(offer_token)
-                otel_context.detach(context_token)
+                leave_span(context_token)
         finally:
             logs.request_id.reset(id_token)
 
