@@ -28,8 +28,8 @@ Rules kept here:
 
 Telemetry: every request ends with one info line (proxy/request_outcome.py: model, provider, status, latency,
 tokens, cache) and one overhead sample (its time minus the time spent on upstreams, backoffs and rate limits; for a
-stream, up to its first chunk). With traces on (`proxy.telemetry.active()`), a `proxy.request` span (under the
-current span: the HTTP server span or the MCP SDK's `tools/call`) holds the dispatch's routing and attempt spans
+stream, up to its first chunk). With traces on (`proxy.telemetry.active()`), the request span (the HTTP server span
+itself, or a `proxy.request` span under the MCP SDK's `tools/call`) holds the dispatch's routing and attempt spans
 (`proxy.spans`); with traces off, the request pays one `is None` check.
 """
 

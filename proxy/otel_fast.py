@@ -414,13 +414,13 @@ def enter_span(span: trace.Span) -> object:
 
 
 def leave_span(token: object) -> None:
-    """Undo `enter_span`: `context.detach(token)` (which logs, not raises, a token from another context)."""
+    """Undo `enter_span`: `context.detach(token)`, which logs (not raises) a token it cannot reset."""
     if _CURRENT is None:
         otel_context.detach(token)  # type: ignore[arg-type]
         return
     try:
         _CURRENT.reset(token)  # type: ignore[arg-type]
-    except ValueError:
+    except Exception:  # a token from another context, or used twice: logged, as `context.detach` does
         log.exception("failed to detach the span's context")
 
 

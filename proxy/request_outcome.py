@@ -1,5 +1,5 @@
-"""How a request's outcome is written down besides the metrics: its `proxy.request` span (`proxy.spans`, only with
-traces on) and its one info line (`proxy.logs.log_request`). The engine (proxy/engine.py) calls these once per
+"""How a request's outcome is written down besides the metrics: its request span (`proxy.spans`, only with traces
+on) and its one info line (`proxy.logs.log_request`). The engine (proxy/engine.py) calls these once per
 request, when it succeeds, fails or its client goes away."""
 
 from __future__ import annotations

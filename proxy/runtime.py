@@ -129,9 +129,10 @@ class Runtime:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.retry = RetryPolicy.from_config(config.retry, rng=self.rng, clock=clock)
-        # The attributes of this config version's request spans, by whether the request streams, and those blocks
-        # joined with the HTTP server spans' (proxy/spans.py).
-        self.span_blocks: dict[Any, Any] = {}
+        # The attributes of this config version's request spans, by whether the request streams; and those blocks
+        # joined with the HTTP server spans' (FastSpan.extend_block, bounded) (proxy/spans.py).
+        self.span_blocks: dict[bool, Any] = {}
+        self.server_span_blocks: dict[Any, Any] = {}
         self._owned = set(providers)  # providers this runtime closes (a reload hands kept ones to its successor)
         self.unchanged: frozenset[str] = frozenset()  # providers whose settings equal the previous runtime's
         if previous is not None:

@@ -8,9 +8,11 @@ with bench/telemetry_ab.py: the exporter's thread spent 15.7 / 16.0 us per trace
 encoding as spans come (sending unchanged: one request per 2,048 spans).
 
 Settings as the SDK's batch processor reads them: `OTEL_BSP_SCHEDULE_DELAY` (ms, 5000), `OTEL_BSP_MAX_QUEUE_SIZE`
-(spans waiting to be encoded; 8192 here), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (spans per export request; 2048 here).
-A full queue drops the new span and says so (a warning per 10 s at most, with the count). Between chunks of one
-wake-up the worker pauses (proxy/otlp_encode.py `pace`), so that it does not hold the event loop's GIL for long.
+(spans waiting to be encoded; 8192 here; up to an export request's worth more are held encoded),
+`OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (spans per export request at most; 2048 here). Smaller settings make the chunks
+smaller (at most the batch size and half the queue). A full queue drops the new span and says so (a warning per 10 s
+at most, with the count). Between chunks of one wake-up the worker pauses (proxy/otlp_encode.py `pace`), so that it
+does not hold the event loop's GIL for long; `force_flush` and `shutdown` do not pause.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SCHEDULE_DELAY_MS = 5000
 QUEUE_SIZE = 8192
 SEND_SIZE = 2048
 DROP_WARNING_EVERY = 10.0  # seconds between two "queue full" warnings
+SHUTDOWN_WAIT = 30.0  # seconds shutdown waits for the worker (an export in flight), then for the lock
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -78,6 +81,8 @@ class EncodingSpanProcessor(SpanProcessor):
         self.delay = schedule_delay_ms / 1000
         self.queue_size = queue_size
         self.send_size = send_size
+        # Spans per encoded chunk, and how many queued wake the worker early: small settings make it smaller.
+        self.chunk = max(1, min(ENCODE_CHUNK, send_size, queue_size // 2))
         self.dropped = 0
         self._warned_at = -DROP_WARNING_EVERY
         self._shutdown = False
@@ -111,7 +116,7 @@ class EncodingSpanProcessor(SpanProcessor):
             self._drop()
             return
         queue.append(span)
-        if len(queue) >= ENCODE_CHUNK and not self._wake.is_set():
+        if len(queue) >= self.chunk and not self._wake.is_set():
             self._wake.set()
 
     def _drop(self) -> None:
@@ -132,28 +137,35 @@ class EncodingSpanProcessor(SpanProcessor):
             if self._shutdown:
                 break
             due = time.monotonic() >= next_send
-            with self._lock:
-                self._encode(everything=due)
-                if self._pending_spans >= self.send_size or (due and self._pending):
-                    self._send()
+            try:
+                with self._lock:
+                    self._encode(everything=due, paced=True)
+                    if due and self._pending:
+                        self._send()
+            except Exception:  # a bug here must not end the worker: spans would pile up unexported
+                log.exception("span export worker")
             if due or not self._pending:
                 next_send = time.monotonic() + self.delay
 
-    def _encode(self, *, everything: bool) -> None:
-        """Encode the queued spans, whole chunks only unless `everything`, pausing between chunks; send each time
-        `send_size` spans are pending. Holds `_lock`."""
+    def _encode(self, *, everything: bool, paced: bool = False) -> None:
+        """Encode the queued spans, whole chunks only unless `everything` (pausing between chunks when `paced`);
+        send each time `send_size` spans are pending, so that no export request holds more. Holds `_lock`."""
         queue, took = self._queue, 0.0
-        while len(queue) >= ENCODE_CHUNK or (everything and queue):
-            if took:
+        while len(queue) >= self.chunk or (everything and queue):
+            if took and paced:
                 pace(took)
             began = time.perf_counter()
-            chunk = [queue.popleft() for _ in range(min(ENCODE_CHUNK, len(queue)))]
+            size = min(self.chunk, self.send_size - self._pending_spans, len(queue))
+            chunk = [queue.popleft() for _ in range(size)]
             try:
                 self._pending.append(encode_spans(chunk))
                 self._pending_spans += len(chunk)
             except Exception:
                 log.exception("could not encode %d spans; exporting them the stock way", len(chunk))
-                self.exporter.export_stock(chunk)
+                try:
+                    self.exporter.export_stock(chunk)
+                except Exception:
+                    log.exception("the stock export of %d spans failed too", len(chunk))
             took = time.perf_counter() - began
             if self._pending_spans >= self.send_size:
                 self._send()
@@ -170,12 +182,15 @@ class EncodingSpanProcessor(SpanProcessor):
     # --- flush and shutdown -----------------------------------------------------------------------------------
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Encode and send everything finished so far, now (in the caller's thread)."""
-        if self._shutdown:
+        """Encode and send everything finished so far, now (in the caller's thread); False when the processor is shut
+        down, the worker held the lock past the timeout, or the send failed."""
+        if self._shutdown or not self._lock.acquire(timeout=max(0.0, timeout_millis / 1000)):
             return False
-        with self._lock:
+        try:
             self._encode(everything=True)
             return self._send() if self._pending else True
+        finally:
+            self._lock.release()
 
     def shutdown(self) -> None:
         """Send what is left, stop the worker and shut the exporter down; spans ended afterwards are dropped."""
@@ -183,9 +198,15 @@ class EncodingSpanProcessor(SpanProcessor):
             return
         self._shutdown = True
         self._wake.set()
-        self._worker.join(timeout=30)
-        with self._lock:
-            self._encode(everything=True)
-            if self._pending:
-                self._send()
+        self._worker.join(timeout=SHUTDOWN_WAIT)
+        if self._lock.acquire(timeout=SHUTDOWN_WAIT):
+            try:
+                self._encode(everything=True)
+                if self._pending:
+                    self._send()
+            finally:
+                self._lock.release()
+        else:
+            log.warning("span export worker still busy after %g s: %d spans not exported", SHUTDOWN_WAIT,
+                        len(self._queue) + self._pending_spans)  # fmt: skip
         self.exporter.shutdown()

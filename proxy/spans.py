@@ -6,11 +6,12 @@
         chat {model}           CLIENT: one per upstream attempt, the GenAI semantic-convention attributes
 
 Over HTTP the request span is the front's SERVER span `POST /v1/chat/completions` (ProxyMiddleware offers it in
-`telemetry.server_span`, and the first request trace under it takes it when it is the current span): one span per
-HTTP request, as DESIGN.md says, instead of a SERVER span and an INTERNAL one of the same length (which cost a
-fifth of tracing's CPU). The middleware ends it and sets the answer's status code; a failure answered with a 4xx
-leaves its status unset (HTTP semantic conventions), `error.type` says what went wrong. Anywhere else (MCP, the CLI,
-a second engine request under one HTTP request) the request span is a new `proxy.request` under the current span.
+`telemetry.server_span`; the first request trace under it takes the offer, and adopts the span if it is the current
+one and not ended): one span per HTTP request, as DESIGN.md says, instead of a SERVER span and an INTERNAL one of
+the same length (which cost a fifth of tracing's CPU). The middleware ends it and sets the answer's status code; a
+failure answered with a 4xx leaves its status unset (HTTP semantic conventions), `error.type` says what went wrong.
+Anywhere else (MCP, the CLI, a second engine request under one HTTP request) the request span is a new
+`proxy.request` under the current span.
 
 Events on the request span make the walk visible: `proxy.cache.hit`, `proxy.ratelimit.wait`, `proxy.target.skipped`
 (breaker open, disabled, cannot fit, rate limited), `proxy.retry` (with the backoff), `proxy.fallback`,
@@ -133,13 +134,16 @@ def _usage(attributes: dict[str, Any], usage: Usage | None) -> None:
         attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
 
 
-def _fail(span: trace.Span, error: BaseException, capture: bool, *, server: bool = False) -> None:
+def _fail(
+    span: trace.Span, error: BaseException, capture: bool, *, server: bool = False, truncated: bool = False
+) -> None:
     """Record `error` on `span`. On the HTTP server span (`server`) the front sets the answer's status code, and a 4xx
-    answer leaves the span's status unset (HTTP semantic conventions): the client's mistake or a limit, not ours."""
+    answer (unless the stream was cut after its 200) leaves the span's status unset (HTTP semantic conventions): the
+    client's mistake or a limit, not ours."""
     span.set_attribute("error.type", error_type(error))
     status = getattr(error, "status", None)
     if server:
-        if isinstance(status, int) and status < 500:
+        if isinstance(status, int) and status < 500 and not truncated:
             return
     elif isinstance(status, int):
         span.set_attribute("http.response.status_code", status)
@@ -168,9 +172,9 @@ class RequestTrace:
         if request.model:
             attributes["proxy.model.requested"] = request.model
         offered = server_span.get()
-        if offered and current_context().get(SPAN_KEY) is (server := offered.pop()):
+        if offered and current_context().get(SPAN_KEY) is (server := offered.pop()) and server.is_recording():
             self.owned = False
-            if not (type(server) is FastSpan and server.extend_block(block, runtime.span_blocks)):
+            if not (type(server) is FastSpan and server.extend_block(block, runtime.server_span_blocks)):
                 attributes.update(block.mapping)
             server.set_attributes(attributes)  # it has the request id already
             self.span = server
@@ -326,7 +330,7 @@ class RequestTrace:
         if attempts is not None:
             span.set_attribute("proxy.attempts", len(attempts))
         if isinstance(error, Exception):
-            _fail(span, error, self.capture, server=not self.owned and not truncated)
+            _fail(span, error, self.capture, server=not self.owned, truncated=truncated)
         else:  # cancelled (GeneratorExit, CancelledError): the client went away
             span.set_attribute("proxy.cancelled", True)
         if self.owned:

@@ -184,8 +184,8 @@ _active: Tracing | None = None
 _global_claimed = False
 
 # The HTTP server span of the request in progress, which the engine's request span may take as its own (one span
-# per HTTP request, proxy/spans.py): the front puts it here in a one-item list, the first request trace under it
-# pops it.
+# per HTTP request, proxy/spans.py): the front puts it here in a one-item list (and empties it when the span ends);
+# the first request trace under it pops it, and adopts it only if it is the current span and still recording.
 server_span: ContextVar[list[trace.Span] | None] = ContextVar("server_span", default=None)
 
 

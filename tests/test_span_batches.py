@@ -118,8 +118,8 @@ def test_shutdown_sends_the_rest_then_drops_spans_with_a_warning(make, caplog):
 
 
 def test_a_full_queue_drops_new_spans_and_says_so_once(make, caplog):
-    processor, sender, tracing = make(queue_size=10)  # below a chunk: nothing is encoded before the delay
-    with caplog.at_level(logging.WARNING, logger="proxy.span_batches"):
+    processor, sender, tracing = make(queue_size=10)
+    with caplog.at_level(logging.WARNING, logger="proxy.span_batches"), processor._lock:  # the worker held up
         finish(tracing, 15)
     assert processor.dropped == 5
     assert [r.getMessage() for r in caplog.records] == ["span dropped (1 so far): 10 spans are waiting already"]
@@ -184,3 +184,32 @@ def test_serve_uses_it_for_otlp_over_http_and_the_sdk_batch_processor_otherwise(
                 assert processor.send_size == 512
         finally:
             setup.shutdown()
+
+
+def test_small_settings_make_small_chunks_and_no_export_request_holds_more_than_its_batch(make):
+    processor, sender, tracing = make(queue_size=100, send_size=64)
+    assert processor.chunk == 50  # at most half the queue, so a wake-up comes before it is full
+    for group in range(4):
+        finish(tracing, 50, f"g{group}-")
+        eventually(lambda: len(processor._queue) < processor.chunk)  # whole chunks encoded
+    assert processor.force_flush()
+    assert processor.dropped == 0
+    assert sum(count for count, _ in sender.sent) == 200
+    assert all(count == len(names) <= 64 for count, names in sender.sent)
+
+
+def test_a_stock_export_that_raises_does_not_stop_the_worker(make, monkeypatch, caplog):
+    class Fragile(Sender):
+        def export_stock(self, spans: list[ReadableSpan]) -> None:
+            raise OSError("the stock exporter broke too")
+
+    processor, sender, tracing = make(Fragile(), send_size=ENCODE_CHUNK)
+    real = span_batches.encode_spans
+    monkeypatch.setattr(span_batches, "encode_spans", lambda spans: (_ for _ in ()).throw(ValueError("bug")))
+    with caplog.at_level(logging.ERROR, logger="proxy.span_batches"):
+        finish(tracing, ENCODE_CHUNK)
+        eventually(lambda: "the stock export of 128 spans failed too" in caplog.text)
+    monkeypatch.setattr(span_batches, "encode_spans", real)
+    finish(tracing, ENCODE_CHUNK, "after")
+    eventually(lambda: sender.sent)
+    assert processor._worker.is_alive() and sender.sent[0][1][0] == "after0"

@@ -25,8 +25,11 @@ from proxy.config import load_config_text
 from proxy.engine import Engine
 from proxy.errors import StreamInterrupted
 from proxy.fronts import openai_api
+from proxy.fronts.http_app import _mark_error
 from proxy.fronts.mcp_server import McpFront
+from proxy.otel_fast import enter_span, leave_span
 from proxy.runtime import Runtime
+from proxy.spans import RequestTrace
 from proxy.types import ChatRequest
 from tests.fakes import ModelReply, OpenAIFake
 from tests.http_server import engine_app
@@ -362,6 +365,53 @@ async def test_a_truncated_http_stream_marks_its_server_span(spans):
     assert server.status.status_code is StatusCode.ERROR
     assert "alpha" not in (server.status.description or "")
     assert dict(one(spans, "chat cut-1").attributes)["proxy.stream.truncated"] is True
+
+
+def test_only_the_first_request_trace_takes_the_offered_server_span_and_only_while_it_is_current(spans):
+    """The offer (`telemetry.server_span`) is taken once; a second engine request under the same HTTP request, an
+    offer whose span is not the current one, or one whose span has ended, each get their own `proxy.request`."""
+    engine = make_engine()
+    tracing = telemetry.active()
+    request = ChatRequest.from_prompt("hi")
+
+    def offered(span: object) -> list:
+        offer = [span]
+        telemetry.server_span.set(offer)
+        return offer
+
+    server = tracing.start_span("POST /v1/chat/completions", None, SpanKind.SERVER)
+    token = enter_span(server)
+    try:
+        offered(server)
+        first = RequestTrace(tracing, request, stream=False, runtime=engine.runtime)
+        second = RequestTrace(tracing, request, stream=False, runtime=engine.runtime)
+        assert first.span is server and not first.owned
+        assert second.span is not server and second.owned
+        assert parent_of(second.span) == server.get_span_context().span_id
+
+        other = tracing.start_span("elsewhere")
+        offer = offered(other)  # offered, but the current span is the server's
+        third = RequestTrace(tracing, request, stream=False, runtime=engine.runtime)
+        assert third.owned and third.span is not other and not offer  # the offer is used up either way
+
+        server.end()
+        offered(server)  # a task that kept the context after the exchange ended
+        late = RequestTrace(tracing, request, stream=False, runtime=engine.runtime)
+        assert late.owned and late.span is not server
+    finally:
+        leave_span(token)
+        telemetry.server_span.set(None)
+
+
+def test_the_front_keeps_the_engines_error_type_when_it_answers_with_a_5xx(spans):
+    tracing = telemetry.active()
+    span = tracing.start_span("POST /v1/chat/completions", None, SpanKind.SERVER)
+    span.set_attribute("error.type", "bad_request")  # the engine's, on a 4xx failure: status left unset
+    _mark_error(span, "500")  # then the front failed and answered 500
+    span.end()
+    server = one(spans, "POST /v1/chat/completions")
+    assert dict(server.attributes)["error.type"] == "bad_request"
+    assert server.status.status_code is StatusCode.ERROR
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

@@ -115,12 +115,15 @@ def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> t
 
 
 def _mark_error(span: trace.Span, kind: str) -> None:
-    """`error.type` and an ERROR status on the server span, unless the engine's request, which took the span as its
-    own (proxy/spans.py), already recorded what went wrong."""
+    """An ERROR status and `error.type` on the server span, unless the engine's request, which took the span as its
+    own (proxy/spans.py), already recorded what went wrong (its status, or its `error.type` on a 4xx failure that the
+    front then answered with a 5xx)."""
     status = getattr(span, "status", None)
     if status is not None and status.status_code is trace.StatusCode.ERROR:
         return
-    span.set_attribute("error.type", kind)
+    attributes = getattr(span, "attributes", None)
+    if not (attributes and "error.type" in attributes):
+        span.set_attribute("error.type", kind)
     span.set_status(trace.Status(trace.StatusCode.ERROR))
 
 
@@ -146,7 +149,8 @@ class ProxyMiddleware:
                 return
             span = _server_span(scope, tracing, request_id)
             context_token = enter_span(span)
-            offer_token = telemetry.server_span.set([span])
+            offer = [span]
+            offer_token = telemetry.server_span.set(offer)
             status: list[int] = []
             try:
                 await self._serve(scope, receive, send, request_id, status)
@@ -158,6 +162,7 @@ class ProxyMiddleware:
                     span.set_attribute("http.response.status_code", status[0])
                     if status[0] >= 500:
                         _mark_error(span, str(status[0]))
+                offer.clear()  # a task that copied this context must not take the span once it has ended
                 span.end()
                 telemetry.server_span.reset(offer_token)
                 leave_span(context_token)
