@@ -4,6 +4,8 @@
         ...  # talk to it with the official SDKs (async clients), aiohttp, or the MCP client
 
 `engine_app(yaml_text, api_routes=..., env=...)` builds an Engine from YAML and the proxy's Starlette app over it.
+`serve_mcp_http(config, **options)` runs `llm-proxy serve --transport http` (`proxy.cli_serve.serve`) on a free port
+in a task: yields the `/mcp` URL and the stop event.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
+import anyio
 import uvicorn
 from starlette.routing import BaseRoute
 
-from proxy.config import load_config_text
+from proxy.cli_serve import ServeOptions, serve
+from proxy.config import Config, load_config_text
 from proxy.engine import Engine
 from proxy.fronts.http_app import build_app
 from proxy.runtime import Runtime
@@ -62,3 +66,24 @@ async def engine_app(
             yield base_url, engine
     finally:
         await engine.aclose()
+
+
+@asynccontextmanager
+async def serve_mcp_http(config: Config, **options: object) -> AsyncIterator[tuple[str, anyio.Event]]:
+    """`serve()` over HTTP on a free port in a task; yields (the /mcp URL, the stop event), stops it afterwards."""
+    stop, ready = anyio.Event(), anyio.Event()
+    urls: list[str] = []
+
+    def on_ready(url: str) -> None:
+        urls.append(url)
+        ready.set()
+
+    async with anyio.create_task_group() as tasks:
+        transport = {"stop": stop, "handle_signals": False, "on_ready": on_ready, **options}
+        tasks.start_soon(lambda: serve(config, ServeOptions("http", "127.0.0.1", 0, False), **transport))
+        try:
+            with anyio.fail_after(10):
+                await ready.wait()
+            yield urls[0], stop
+        finally:
+            stop.set()

@@ -37,6 +37,7 @@ from proxy.fronts.mcp_server import McpFront
 from proxy.fronts.serve import serve_http
 from proxy.runtime import Runtime
 from tests.fakes import ModelReply, OpenAIFake
+from tests.http_server import serve_mcp_http
 
 MODES = ["auto", "legacy"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,21 +83,8 @@ def wired() -> bool:
 @asynccontextmanager
 async def http_server(config_text: str, **options: object) -> AsyncIterator[tuple[str, anyio.Event]]:
     """`serve()` over HTTP on a free port in a task; yields (the /mcp URL, the stop event)."""
-    config = load_config_text(config_text, env={"PROXY_TOKEN": TOKEN})
-    stop, ready = anyio.Event(), anyio.Event()
-    urls: list[str] = []
-
-    def on_ready(url: str) -> None:
-        urls.append(url)
-        ready.set()
-
-    async with anyio.create_task_group() as tasks:
-        transport = {"stop": stop, "handle_signals": False, "on_ready": on_ready, **options}
-        tasks.start_soon(lambda: serve(config, ServeOptions("http", "127.0.0.1", 0, False), **transport))
-        with anyio.fail_after(10):
-            await ready.wait()
-        yield urls[0], stop
-        stop.set()
+    async with serve_mcp_http(load_config_text(config_text, env={"PROXY_TOKEN": TOKEN}), **options) as served:
+        yield served
 
 
 # --- HTTP, in-process -------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import aiohttp
-import anyio
 import pytest
 from mcp import Client
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -20,7 +19,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy import telemetry
-from proxy.cli_serve import ServeOptions, serve
 from proxy.config import load_config_text
 from proxy.engine import Engine
 from proxy.errors import StreamInterrupted
@@ -32,7 +30,7 @@ from proxy.runtime import Runtime
 from proxy.spans import RequestTrace
 from proxy.types import ChatRequest
 from tests.fakes import ModelReply, OpenAIFake
-from tests.http_server import engine_app
+from tests.http_server import engine_app, serve_mcp_http
 
 KEY = "test-telemetry-upstream-key-0123"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -418,22 +416,8 @@ def test_the_front_keeps_the_engines_error_type_when_it_answers_with_a_5xx(spans
 async def test_mcp_over_http_keeps_the_request_span_under_the_sdk_span(spans, mode):
     """Over `/mcp` the server span is the HTTP exchange and the SDK's `tools/call` span sits between it and the
     engine: `proxy.request` is made under the SDK's span, not merged into the HTTP one."""
-    config = load_config_text(CONFIG, env={})
-    stop, ready = anyio.Event(), anyio.Event()
-    urls: list[str] = []
-
-    def on_ready(url: str) -> None:
-        urls.append(url)
-        ready.set()
-
-    async with anyio.create_task_group() as tasks:
-        options = ServeOptions("http", "127.0.0.1", 0, False)
-        tasks.start_soon(lambda: serve(config, options, stop=stop, handle_signals=False, on_ready=on_ready))
-        with anyio.fail_after(10):
-            await ready.wait()
-        async with Client(urls[0], mode=mode) as client:
-            result = await client.call_tool("complete_text", {"prompt": "hi over http"})
-        stop.set()
+    async with serve_mcp_http(load_config_text(CONFIG, env={})) as (url, _), Client(url, mode=mode) as client:
+        result = await client.call_tool("complete_text", {"prompt": "hi over http"})
     assert not result.is_error
     tool = one(spans, "tools/call complete_text")
     request = one(spans, "proxy.request")

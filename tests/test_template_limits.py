@@ -10,12 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import anyio
 import pytest
 from mcp import Client, MCPError
 
 from proxy.cli import main
-from proxy.cli_serve import ServeOptions, serve
 from proxy.config import load_config, load_config_text
 from proxy.config.model import TemplateConfig
 from proxy.config.template_sandbox import (
@@ -30,6 +28,7 @@ from proxy.errors import TemplateError
 from proxy.fronts.mcp_server import McpFront
 from proxy.runtime import Runtime
 from proxy.templates import MAX_RENDERED_BYTES, PromptTemplates
+from tests.http_server import serve_mcp_http
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("auto", "legacy")
@@ -246,24 +245,8 @@ async def test_mcp_clients_get_the_size_limit_as_a_tool_error(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_mcp_clients_over_http_get_the_size_limit_as_a_tool_error(mode):
-    config = load_config_text(CONFIG, env={})
-    stop, ready = anyio.Event(), anyio.Event()
-    urls: list[str] = []
-
-    def on_ready(url: str) -> None:
-        urls.append(url)
-        ready.set()
-
-    async with anyio.create_task_group() as tasks:
-        options = ServeOptions("http", "127.0.0.1", 0, False)
-        tasks.start_soon(lambda: serve(config, options, stop=stop, handle_signals=False, on_ready=on_ready))
-        try:
-            with anyio.fail_after(10):
-                await ready.wait()
-            async with Client(urls[0], mode=mode) as client:
-                await _check_client(client)
-        finally:
-            stop.set()
+    async with serve_mcp_http(load_config_text(CONFIG, env={})) as (url, _), Client(url, mode=mode) as client:
+        await _check_client(client)
 
 
 # --- tags that read files fail `llm-proxy validate` -----------------------------------------------------
