@@ -2,11 +2,13 @@
 as they come and sent one export request per `send_size` spans; fewer are sent once the schedule delay has passed;
 `force_flush` and `shutdown` send the rest; a full queue or a shut-down processor drops spans and says so; a span
 that cannot be encoded goes the stock way; a failing send does not stop the worker; `llm-proxy serve` with the OTLP
-exporter uses it, and the `OTEL_BSP_*` variables set it up."""
+exporter uses it, and the `OTEL_BSP_*` variables set it up; a forked child starts its own worker."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -213,3 +215,29 @@ def test_a_stock_export_that_raises_does_not_stop_the_worker(make, monkeypatch, 
     finish(tracing, ENCODE_CHUNK, "after")
     eventually(lambda: sender.sent)
     assert processor._worker.is_alive() and sender.sent[0][1][0] == "after0"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_worker_and_sends_only_its_own_spans(make):
+    processor, sender, tracing = make()
+    finish(tracing, 3, "parent")  # queued in the parent (the delay is a minute), not sent yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's queue was replaced, its worker is new
+        code = 1
+        try:
+            finish(tracing, 2, "child")
+            flushed = processor.force_flush()
+            os.write(write, json.dumps([flushed, sender.sent, processor._worker.is_alive()]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    flushed, sent, alive = json.loads(report)
+    assert flushed and alive and sent == [[2, ["child0", "child1"]]]
+    assert processor.force_flush()
+    assert sender.sent == [(3, ["parent0", "parent1", "parent2"])]
