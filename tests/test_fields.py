@@ -67,10 +67,18 @@ def _nested(depth: int) -> dict:
     ],
 )
 def test_json_object_refuses_bad_values_at_any_depth(fields: Fields, value: dict, words: str):
-    # The checks are inlined for speed (tool schemas come with every request); each kind of value is still found.
+    # One pass without paths for speed (tool schemas come with every request); each kind of value is still found.
     with pytest.raises((BodyError, RequestError), match=words) as caught:
         fields.json_object(value, "tools[0].parameters")
     assert "tools[0].parameters" in str(caught.value)
+
+
+def test_json_object_of_a_checked_body_bounds_only_the_nesting():
+    # The OpenAI front runs `check_values` over the whole body first; its tool schemas then need only the depth bound.
+    assert OPENAI.json_object({"a": ["\ud800", float("nan")]}, "x", values_checked=True)
+    with pytest.raises(BodyError, match="deeper than 64 levels"):
+        OPENAI.json_object(_nested(65), "tools[0].function.parameters", values_checked=True)
+    assert OPENAI.json_object(_nested(63), "x", values_checked=True)
 
 
 @pytest.mark.parametrize("fields", [OPENAI, ANTHROPIC])

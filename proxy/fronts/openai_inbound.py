@@ -142,7 +142,7 @@ def _tools(raw: object) -> tuple[ToolDef, ...]:
             ToolDef(
                 name=name,
                 description=_optional(function, "description", FIELDS.string, f"{where}.function."),
-                parameters=_optional(function, "parameters", FIELDS.json_object, f"{where}.function."),
+                parameters=_optional(function, "parameters", _json_object, f"{where}.function."),
                 strict=_optional(function, "strict", FIELDS.boolean, f"{where}.function."),
             )
         )
@@ -163,7 +163,7 @@ def _tool_choice(raw: object, tools: tuple[ToolDef, ...]) -> ToolChoice:
 
 
 def _response_format(raw: object) -> Mapping[str, Any] | None:
-    value = FIELDS.json_object(raw, "response_format")  # sent on as it is
+    value = _json_object(raw, "response_format")  # sent on as it is
     kind = FIELDS.one_of(value.get("type"), "response_format.type", _RESPONSE_FORMATS)
     if kind == "text":
         return None
@@ -229,6 +229,11 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
         if body.get(key) is not None
     ]
     return limits[0] if limits else None
+
+
+def _json_object(value: object, path: str) -> dict[str, Any]:
+    """Free-form JSON in a body `parse_chat_request` has run `check_values` over: only its nesting is left to check."""
+    return FIELDS.json_object(value, path, values_checked=True)
 
 
 def _optional(body: Mapping[str, Any], key: str, check: Callable[[object, str], Any], prefix: str = "") -> Any:
