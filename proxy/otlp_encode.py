@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from proxy.otel_fast import _UNSET, FastSpan
 
-__all__ = ["ENCODE_CHUNK", "FastOTLPSpanExporter", "encode_spans", "pace"]
+__all__ = ["FastOTLPSpanExporter", "encode_spans"]
 
 log = logging.getLogger(__name__)
 
@@ -327,39 +326,10 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(out)
 
 
-ENCODE_CHUNK = 128  # spans encoded per hold of the GIL by the exporter's thread
-# After each chunk the exporter's thread sleeps ENCODE_PACE times as long as the chunk took (at most MAX_PAUSE), so the
-# event loop runs undisturbed in between: with no pause, every system call the loop made while a batch was encoded let
-# the exporter take the GIL back for a whole chunk, and requests in flight waited for several chunks.
-ENCODE_PACE = 3.0
-MAX_PAUSE = 0.005
-
-
-def pace(took: float) -> None:
-    """The pause after a chunk that took `took` seconds to encode (it also releases the GIL)."""
-    time.sleep(min(MAX_PAUSE, took * ENCODE_PACE))
-
-
-def _encode_yielding(spans: Sequence[ReadableSpan]) -> bytes:
-    """`encode_spans` in chunks, paced (above): a batch of 2,048 spans would otherwise hold the GIL for several
-    switch intervals at a time (tail latency). Concatenated requests are one request whose `resource_spans` are the
-    chunks' (protobuf merges repeated fields)."""
-    if len(spans) <= ENCODE_CHUNK:
-        return encode_spans(spans)
-    parts: list[bytes] = []
-    took = 0.0
-    for start in range(0, len(spans), ENCODE_CHUNK):
-        if parts:
-            pace(took)
-        began = time.perf_counter()
-        parts.append(encode_spans(spans[start : start + ENCODE_CHUNK]))
-        took = time.perf_counter() - began
-    return b"".join(parts)
-
-
 class FastOTLPSpanExporter(SpanExporter):
     """The stock OTLP/HTTP span exporter with `encode_spans` as its encoder (see the module docstring). `send()` posts
-    bytes already encoded (proxy/span_batches.py encodes as spans come); `export()` encodes, then sends."""
+    bytes already encoded: proxy/span_batches.py, which serves it, encodes as spans come, in paced chunks. `export()`
+    (the `SpanExporter` interface, for any other processor) encodes a batch at once, then sends."""
 
     def __init__(self, inner: SpanExporter) -> None:
         self._inner = inner
@@ -372,7 +342,7 @@ class FastOTLPSpanExporter(SpanExporter):
         if not self.fast:
             return self._inner.export(spans)
         try:
-            data = _encode_yielding(spans)
+            data = encode_spans(spans)
         except Exception:
             log.exception("could not encode %d spans; exporting them the stock way", len(spans))
             return self._inner.export(spans)

@@ -11,8 +11,8 @@ Settings as the SDK's batch processor reads them: `OTEL_BSP_SCHEDULE_DELAY` (ms,
 (spans waiting to be encoded; 8192 here; up to an export request's worth more are held encoded),
 `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (spans per export request at most; 2048 here). Smaller settings make the chunks
 smaller (at most the batch size and half the queue). A full queue drops the new span and says so (a warning per 10 s
-at most, with the count). Between chunks of one wake-up the worker pauses (proxy/otlp_encode.py `pace`), so that it
-does not hold the event loop's GIL for long; `force_flush` and `shutdown` do not pause.
+at most, with the count). Between chunks of one wake-up the worker pauses, so that it
+does not hold the event loop's GIL for long (`pace`); `force_flush` and `shutdown` do not pause.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from proxy.otlp_encode import ENCODE_CHUNK, FastOTLPSpanExporter, encode_spans, pace
+from proxy.otlp_encode import FastOTLPSpanExporter, encode_spans
 
-__all__ = ["EncodingSpanProcessor", "settings_from_env"]
+__all__ = ["ENCODE_CHUNK", "EncodingSpanProcessor", "settings_from_env"]
 
 log = logging.getLogger(__name__)
 SCHEDULE_DELAY_MS = 5000
@@ -39,6 +39,18 @@ QUEUE_SIZE = 8192
 SEND_SIZE = 2048
 DROP_WARNING_EVERY = 10.0  # seconds between two "queue full" warnings
 SHUTDOWN_WAIT = 30.0  # seconds shutdown waits for the worker (an export in flight), then for the lock
+ENCODE_CHUNK = 128  # spans encoded per hold of the GIL by the worker
+# After each chunk the worker sleeps ENCODE_PACE times as long as the chunk took (at most MAX_PAUSE), so the event
+# loop runs undisturbed in between: with no pause, every system call the loop made while a batch was encoded let the
+# worker take the GIL back for a whole chunk, and requests in flight waited for several chunks. Concatenated
+# encoded chunks are one export request whose `resource_spans` are the chunks' (protobuf merges repeated fields).
+ENCODE_PACE = 3.0
+MAX_PAUSE = 0.005
+
+
+def pace(took: float) -> None:
+    """The pause after a chunk that took `took` seconds to encode (it also releases the GIL)."""
+    time.sleep(min(MAX_PAUSE, took * ENCODE_PACE))
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:

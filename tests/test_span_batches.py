@@ -2,7 +2,8 @@
 as they come and sent one export request per `send_size` spans; fewer are sent once the schedule delay has passed;
 `force_flush` and `shutdown` send the rest; a full queue or a shut-down processor drops spans and says so; a span
 that cannot be encoded goes the stock way; a failing send does not stop the worker; `llm-proxy serve` with the OTLP
-exporter uses it, and the `OTEL_BSP_*` variables set it up; a forked child starts its own worker."""
+exporter uses it, and the `OTEL_BSP_*` variables set it up; a forked child starts its own worker; chunks make one
+request, the same as the stock encoder's, and the worker pauses between them."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from proxy import span_batches, telemetry
 from proxy.config.model import TelemetryConfig, TracesConfig
-from proxy.otlp_encode import ENCODE_CHUNK
-from proxy.span_batches import EncodingSpanProcessor, settings_from_env
+from proxy.span_batches import ENCODE_CHUNK, EncodingSpanProcessor, settings_from_env
 from proxy.telemetry import Tracing
 
 
@@ -31,12 +33,14 @@ class Sender:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.sent: list[tuple[int, list[str]]] = []  # (count, span names decoded from the bytes)
+        self.data: list[bytes] = []
         self.stock: list[int] = []
         self.fail_first = fail_first
         self.shut = False
         self.lock = threading.Lock()
 
     def send(self, data: bytes, count: int) -> bool:
+        self.data.append(data)
         if self.fail_first:
             self.fail_first -= 1
             raise RuntimeError("the collector's client broke")
@@ -241,3 +245,41 @@ def test_a_forked_child_starts_its_own_worker_and_sends_only_its_own_spans(make)
     assert flushed and alive and sent == [[2, ["child0", "child1"]]]
     assert processor.force_flush()
     assert sender.sent == [(3, ["parent0", "parent1", "parent2"])]
+
+
+def test_chunks_encoded_apart_make_one_request_equal_to_the_stock_encoders(make):
+    processor, sender, tracing = make()
+    memory = InMemorySpanExporter()
+    tracing.provider.add_span_processor(SimpleSpanProcessor(memory))  # the same spans, for the stock encoder
+    with processor._lock:  # the worker waits: the whole batch is encoded below, in chunks
+        finish(tracing, 2 * ENCODE_CHUNK + 44)
+        processor._encode(everything=True)
+        assert len(processor._pending) == 3
+        processor._send()
+    spans = memory.get_finished_spans()
+    message = ExportTraceServiceRequest.FromString(sender.data[0])
+    decoded = [span for rs in message.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    assert len(message.resource_spans) == 3  # one per chunk, merged by protobuf into one request
+    assert [span.name for span in decoded] == [span.name for span in spans]
+    memory.clear()
+    finish(tracing, 5, "few")
+    assert processor.force_flush()
+    assert ExportTraceServiceRequest.FromString(sender.data[1]) == stock_encode(memory.get_finished_spans())
+
+
+def test_between_chunks_the_worker_pauses_in_proportion_to_the_chunk_so_the_loop_runs_undisturbed(make, monkeypatch):
+    processor, _, tracing = make()
+    pauses: list[float] = []
+    monkeypatch.setattr(span_batches.time, "sleep", pauses.append)
+    with processor._lock:  # the worker waits; the test encodes as it would, paced
+        finish(tracing, 3 * ENCODE_CHUNK)
+        processor._encode(everything=True, paced=True)
+        assert len(pauses) == 2  # between chunks, not before the first or after the last
+        assert all(0 < pause <= span_batches.MAX_PAUSE for pause in pauses)
+        pauses.clear()
+        monkeypatch.setattr(span_batches, "ENCODE_PACE", 1e9)  # a long chunk: the pause is capped
+        finish(tracing, 3 * ENCODE_CHUNK)
+        processor._encode(everything=True, paced=True)
+        assert pauses == [span_batches.MAX_PAUSE, span_batches.MAX_PAUSE]
+        processor._encode(everything=True)  # force_flush and shutdown: no pause in the caller's thread
+        assert len(pauses) == 2

@@ -233,38 +233,6 @@ def test_a_root_span_is_sampled_exactly_as_the_ratio_sampler_decides():
     provider.shutdown()
 
 
-def test_a_big_batch_is_encoded_in_chunks_that_make_one_request():
-    provider, exporter = provider_with()
-    tracing = Tracing(provider)
-    for index in range(300):  # more than two chunks
-        tracing.start_span(f"span {index}", attributes={"i": index}).end()
-    spans = exporter.get_finished_spans()
-    message = ExportTraceServiceRequest.FromString(otlp_encode._encode_yielding(spans))
-    decoded = [span for rs in message.resource_spans for ss in rs.scope_spans for span in ss.spans]
-    assert len(message.resource_spans) == 3
-    assert [span.name for span in decoded] == [span.name for span in spans]
-    assert ExportTraceServiceRequest.FromString(otlp_encode._encode_yielding(spans[:5])) == stock_encode(spans[:5])
-    provider.shutdown()
-
-
-def test_between_chunks_the_exporter_pauses_in_proportion_to_the_chunk_so_the_loop_runs_undisturbed(monkeypatch):
-    provider, exporter = provider_with()
-    tracing = Tracing(provider)
-    for index in range(300):  # three chunks
-        tracing.start_span(f"span {index}", attributes={"i": index}).end()
-    spans = exporter.get_finished_spans()
-    pauses: list[float] = []
-    monkeypatch.setattr(otlp_encode.time, "sleep", pauses.append)
-    otlp_encode._encode_yielding(spans)
-    assert len(pauses) == 2  # between chunks, not before the first or after the last
-    assert all(0 < pause <= otlp_encode.MAX_PAUSE for pause in pauses)
-    pauses.clear()
-    monkeypatch.setattr(otlp_encode, "ENCODE_PACE", 1e9)  # a long chunk: the pause is capped
-    otlp_encode._encode_yielding(spans)
-    assert pauses == [otlp_encode.MAX_PAUSE, otlp_encode.MAX_PAUSE]
-    provider.shutdown()
-
-
 def test_the_queue_path_keeps_the_batch_processors_own_rules_for_a_full_queue_and_after_shutdown(caplog):
     provider = TracerProvider(shutdown_on_exit=False)
     exported = InMemorySpanExporter()
