@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
+from math import copysign
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -44,14 +45,16 @@ _KIND = {
         (SpanKind.CONSUMER, 5),
     )
 }
-# Encoded attributes, by tag, then key, then (type, value) for numbers and bools (True == 1 == 1.0) or the value for
-# strings and tuples of strings: most repeat from one request to the next. A key's values stop being added once it
+# Encoded attributes, by tag, then key (`_key_entry`: the key's own field, then its values by type, as True == 1 ==
+# 1.0): most repeat from one request to the next. A key's values stop being added once it
 # has MAX_VALUES_PER_KEY of them (request ids, response ids: unique, so not worth keeping). Never kept: prompt and
 # answer text (`capture_content`), which must not outlive its request in memory, and any encoding over
 # MAX_CACHED_BYTES.
-_encoded: dict[bytes, dict[str, dict[Any, bytes]]] = {}
+_encoded: dict[bytes, dict[str, list[Any]]] = {}
+MAX_KEYS = 1024  # keys kept per tag (the proxy's own are a few dozen)
 MAX_VALUES_PER_KEY = 64
 MAX_CACHED_BYTES = 512
+_ZEROS = (object(), object())  # the cache keys of 0.0 and -0.0
 _CONTENT_KEYS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions"})
 _names: dict[bytes, dict[str, bytes]] = {}  # span and event names by tag, encoded
 _name_kinds: dict[str, tuple[SpanKind, bytes]] = {}  # by name (hashing a SpanKind calls Python code), with the kind
@@ -114,6 +117,15 @@ def _key_value(key: str, value: Any) -> bytes:
     return _text(b"\x0a", key) + _field(b"\x12", _value(value))
 
 
+def _key_entry(by_key: dict[str, list[Any]], key: str) -> list[Any]:
+    """`key`'s cache entry: [its `KeyValue.key` field, {str, tuple-of-str and bool values}, {int values},
+    {float values}] (a bool never equals a str or tuple; an int and a float can equal a bool, so they are apart)."""
+    entry = [_text(b"\x0a", key), {}, {}, {}]
+    if len(by_key) < MAX_KEYS:
+        by_key[key] = entry
+    return entry
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated `KeyValue` fields under `tag`."""
     if not attributes:
@@ -123,42 +135,44 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         by_key = _encoded[tag] = {}
     out = []
     for key, value in attributes.items():
-        kind = type(value)
-        if kind is str:
-            lookup: Any = value
-        elif kind is int or kind is bool:
-            lookup = (kind, value)
+        entry = by_key.get(key) or _key_entry(by_key, key)
+        kind, lookup = type(value), value
+        if kind is str or kind is bool:
+            values = entry[1]
+            encoded = values.get(value)
+        elif kind is int:
+            values = entry[2]
+            encoded = values.get(value)
         elif kind is float:
-            lookup = (kind, value.hex())  # -0.0 == 0.0, but not in protobuf
+            values = entry[3]
+            if not value:  # -0.0 == 0.0, but not in protobuf
+                lookup = _ZEROS[copysign(1.0, value) < 0]
+            encoded = values.get(lookup)
         elif kind is tuple:  # only tuples of str are kept, and only a tuple of str equals one
-            lookup = value
-        else:
-            lookup = None
-        values = by_key.get(key)
-        if lookup is not None and values is not None:
+            values = entry[1]
             try:
-                encoded = values.get(lookup)
+                encoded = values.get(value)
             except TypeError:  # a tuple holding something unhashable
-                encoded = lookup = None
-            if encoded is not None:
-                out.append(encoded)
-                continue
+                encoded = values = None
+        else:
+            encoded = values = None
+        if encoded is not None:
+            out.append(encoded)
+            continue
         try:
-            body = _key_value(key, value)
+            body = entry[0] + _field(b"\x12", _value(value))
         except TypeError as exc:
             log.warning("span attribute %s not exported: %s", key, exc)
             continue
         encoded = tag + _varint(len(body)) + body
         if (
-            lookup is not None
+            values is not None
+            and len(values) < MAX_VALUES_PER_KEY
             and len(encoded) <= MAX_CACHED_BYTES
             and key not in _CONTENT_KEYS
             and (kind is not tuple or all(type(item) is str for item in value))
         ):
-            if values is None:
-                values = by_key[key] = {}
-            if len(values) < MAX_VALUES_PER_KEY:
-                values[lookup] = encoded
+            values[lookup] = encoded
         out.append(encoded)
     return b"".join(out)
 
