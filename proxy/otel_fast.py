@@ -10,7 +10,7 @@ own spans hold only values it builds itself (str, int, float, bool, tuples of st
   SDK's span); a child of a `FastSpan` is recorded like its parent. Ids come from the provider's id generator. Not
   applied to these spans: span limits and processors' `on_start` (the batch and simple processors do nothing there).
   A provider that is not the SDK's gets ordinary spans from its tracer. `Recorder.child()` starts a span under a
-  given one without building a `Context` for it.
+  given one without building a `Context` for it; `Recorder.record()` makes and finishes one in a single call.
 - An `AttributeBlock` holds the attributes that never change for one target, plan, route or config version; a span
   started with one reports them before its own, and the encoder writes the block's bytes made once.
 - `traced_headers()` writes the current span's `traceparent` directly when the propagators are the default ones.
@@ -382,6 +382,30 @@ class Recorder:
                 attributes = {**added, **(attributes or {})}
         span_context = _span_context(trace_id, self._ids.generate_span_id(), state)
         return FastSpan(self, name, span_context, parent if parent.is_valid else None, kind, attributes or {}, block)
+
+    def record(
+        self,
+        name: str,
+        parent: trace.Span,
+        started: int,
+        attributes: dict[str, Any] | None = None,
+        block: AttributeBlock | None = None,
+    ) -> None:
+        """An INTERNAL span under `parent` that began at `started` (`time.time_ns()`) and ends now, made and finished
+        in one call (a span nothing happens under, such as a routing decision)."""
+        if type(parent) is not FastSpan:
+            span = self.start(name, trace.set_span_in_context(parent), SpanKind.INTERNAL, attributes, block)
+            if type(span) is FastSpan:
+                span._start_time = started
+            span.end()
+            return
+        context = parent._context
+        span_id = self._span_id() or self._ids.generate_span_id()  # 0 is the invalid id (one chance in 2**64)
+        ours = tuple.__new__(SpanContext, (context[0], span_id, False, _SAMPLED, context[4], True))  # _span_context
+        span = FastSpan(self, name, ours, context, SpanKind.INTERNAL, attributes or {}, block)  # type: ignore[arg-type]
+        span._start_time = started
+        span._end_time = time.time_ns()
+        self.finished(span)
 
     def child(
         self,

@@ -99,9 +99,10 @@ class ModelPlan:
     targets: tuple[PlannedTarget, ...]
     router: Router
     cache_scope: str  # the model's name plus a hash of its settings: part of the response-cache key
-    # The attributes of this plan's routing spans that never change and the labels of candidate orders seen, made
-    # on first use (proxy/spans.py).
-    span_blocks: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The attributes of this plan's routing spans that never change (by whether the plan is a fallback model's),
+    # and the target labels of the candidate orders seen (by order), made on first use (proxy/spans.py).
+    span_blocks: dict[bool, Any] = field(default_factory=dict, compare=False, repr=False)
+    span_orders: dict[tuple[int, ...], tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _price(provider: ProviderConfig, model: str) -> PriceConfig | None:

@@ -32,6 +32,7 @@ transport sends its `traceparent`).
 from __future__ import annotations
 
 import json
+from time import time_ns
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +51,7 @@ from proxy.types import ChatRequest, ChatResponse, Message, Usage
 __all__ = ["RequestTrace", "error_type"]
 
 MAX_STATUS_TEXT = 500
-MAX_CACHED_ORDERS = 64  # candidate orders (their labels) kept per model plan, beside its two route blocks
+MAX_CACHED_ORDERS = 64  # candidate orders (their labels) kept per model plan
 _servers: dict[str, tuple[str, int] | None] = {}
 
 
@@ -159,10 +160,11 @@ class RequestTrace:
     server span when the front offers it (`telemetry.server_span`) and it is the current span, else a new
     `proxy.request` span under the current one."""
 
-    __slots__ = ("capture", "child", "owned", "span")
+    __slots__ = ("capture", "child", "owned", "record", "span")
 
     def __init__(self, tracing: Tracing, request: ChatRequest, *, stream: bool, runtime: Runtime) -> None:
         self.child = tracing.start_child
+        self.record = tracing.record_child
         self.capture = tracing.capture_content
         block = runtime.span_blocks.get(stream)
         if block is None:
@@ -192,30 +194,32 @@ class RequestTrace:
 
     # --- routing ----------------------------------------------------------------------------------------------
 
-    def start_route(self, plan: ModelPlan, position: int) -> trace.Span:
-        fallback = position > 0
-        if not fallback:
+    def start_route(self, plan: ModelPlan, position: int) -> int:
+        """When routing `plan` began (its span is made once it ends: `end_route`)."""
+        if not position:
             self.span.set_attribute("proxy.route", plan.model.name)
+        return time_ns()
+
+    def end_route(self, started: int, plan: ModelPlan, position: int, order: list[int], available: list[bool]) -> None:
+        """The routing span of `plan`, begun at `started`: its candidate order and the targets unavailable."""
+        fallback = position > 0
         block = plan.span_blocks.get(fallback)
         if block is None:
             attributes = {"proxy.route": plan.model.name, "proxy.routing.strategy": plan.model.strategy}
             if fallback:
                 attributes["proxy.routing.fallback_model"] = True
             block = plan.span_blocks[fallback] = AttributeBlock(attributes)
-        return self.child("proxy.route", self.span, SpanKind.INTERNAL, {}, block)
-
-    def end_route(self, span: trace.Span, plan: ModelPlan, order: list[int], available: list[bool]) -> None:
         key = tuple(order)
-        candidates = plan.span_blocks.get(key)  # the labels of an order seen before (few: one per rotation)
+        candidates = plan.span_orders.get(key)  # the labels of an order seen before (few: one per rotation)
         if candidates is None:
             candidates = tuple([plan.targets[index].label for index in order])
-            if len(plan.span_blocks) < MAX_CACHED_ORDERS:
-                plan.span_blocks[key] = candidates
-        span.set_attribute("proxy.routing.candidates", candidates)
+            if len(plan.span_orders) < MAX_CACHED_ORDERS:
+                plan.span_orders[key] = candidates
+        attributes = {"proxy.routing.candidates": candidates}
         if not all(available):
             unavailable = tuple(t.label for t, ok in zip(plan.targets, available, strict=True) if not ok)
-            span.set_attribute("proxy.routing.unavailable", unavailable)
-        span.end()
+            attributes["proxy.routing.unavailable"] = unavailable
+        self.record("proxy.route", self.span, started, attributes, block)
 
     # --- attempts ---------------------------------------------------------------------------------------------
 

@@ -144,10 +144,11 @@ class Tracing:
 
     `start_span(name, context=None, kind=INTERNAL, attributes=None, block=None)` starts the per-request spans: lean
     ones (proxy/otel_fast.py) on an SDK provider, else the provider's own (a `block`'s attributes merged in);
-    `start_child(name, parent_span, ...)` the same under a given span.
+    `start_child(name, parent_span, ...)` the same under a given span; `record_child(name, parent_span, started,
+    attributes, block)` an INTERNAL span under it that began at `started` (ns) and ends now, in one call.
     `tracer` is the provider's tracer, for the rare spans (startup, reload, shutdown)."""
 
-    __slots__ = ("capture_content", "provider", "start_child", "start_span", "tracer")
+    __slots__ = ("capture_content", "provider", "record_child", "start_child", "start_span", "tracer")
 
     def __init__(self, provider: trace.TracerProvider, *, capture_content: bool = False) -> None:
         self.provider = provider
@@ -156,6 +157,7 @@ class Tracing:
         recorder = Recorder.for_provider(provider, InstrumentationScope(TRACER_NAME, __version__))
         self.start_span = recorder.start if recorder is not None else self._tracer_span
         self.start_child = recorder.child if recorder is not None else self._tracer_child
+        self.record_child = recorder.record if recorder is not None else self._tracer_record
 
     def _tracer_span(
         self,
@@ -178,6 +180,19 @@ class Tracing:
         block: AttributeBlock | None = None,
     ) -> trace.Span:
         return self._tracer_span(name, trace.set_span_in_context(parent), kind, attributes, block)
+
+    def _tracer_record(
+        self,
+        name: str,
+        parent: trace.Span,
+        started: int,
+        attributes: dict[str, Any] | None = None,
+        block: AttributeBlock | None = None,
+    ) -> None:
+        if block is not None:
+            attributes = {**block.mapping, **(attributes or {})}
+        context = trace.set_span_in_context(parent)
+        self.tracer.start_span(name, context=context, attributes=attributes, start_time=started).end()
 
 
 _active: Tracing | None = None

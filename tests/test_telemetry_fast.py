@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import time
 
 import pytest
 from opentelemetry import baggage, propagate, trace
@@ -284,6 +285,41 @@ def test_a_provider_that_is_not_the_sdks_gets_the_blocks_attributes_too():
     tracing = Tracing(Provider())
     tracing.start_span("x", None, SpanKind.INTERNAL, {"own": 1}, AttributeBlock({"fixed": "v"})).end()
     assert seen == {"x": {"fixed": "v", "own": 1}}
+
+
+def test_a_recorded_span_keeps_its_start_and_parent_on_every_provider():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    parent = tracing.start_span("parent", None, SpanKind.SERVER)
+    started = time.time_ns() - 5_000
+    tracing.record_child("proxy.route", parent, started, {"own": 1}, AttributeBlock({"fixed": "v"}))
+    sdk_parent = provider.get_tracer("other").start_span("sdk parent")  # not one of ours: the general path
+    tracing.record_child("proxy.route", sdk_parent, started, {"own": 2})
+    sdk_parent.end()
+    parent.end()
+    fast, general = [s for s in exporter.get_finished_spans() if s.name == "proxy.route"]
+    for span, under, own in ((fast, parent, 1), (general, sdk_parent, 2)):
+        assert span.parent.span_id == under.get_span_context().span_id
+        assert span.context.trace_id == under.get_span_context().trace_id
+        assert span.start_time == started <= span.end_time and span.kind is SpanKind.INTERNAL
+        assert span.attributes["own"] == own
+    assert dict(fast.attributes) == {"fixed": "v", "own": 1}
+    provider.shutdown()
+
+    seen = {}
+
+    class Tracer(trace.NoOpTracer):
+        def start_span(self, name, context=None, kind=SpanKind.INTERNAL, attributes=None, start_time=None, **kw):
+            seen[name] = (dict(attributes or {}), start_time, trace.get_current_span(context))
+            return super().start_span(name, context, kind, attributes, **kw)
+
+    class Provider(trace.NoOpTracerProvider):
+        def get_tracer(self, *args, **kwargs):
+            return Tracer()
+
+    other = NonRecordingSpan(REMOTE)
+    Tracing(Provider()).record_child("proxy.route", other, started, {"own": 3}, AttributeBlock({"fixed": "v"}))
+    assert seen == {"proxy.route": ({"fixed": "v", "own": 3}, started, other)}
 
 
 def test_tuples_are_cached_only_when_they_hold_strings():
