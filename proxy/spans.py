@@ -170,17 +170,21 @@ class RequestTrace:
         if block is None:
             fixed = {"proxy.stream": stream, "proxy.config.version": runtime.config.version_hash}
             block = runtime.span_blocks[stream] = AttributeBlock(fixed)
-        attributes: dict[str, Any] = {}
-        if request.model:
-            attributes["proxy.model.requested"] = request.model
         offered = server_span.get()
         if offered and current_context().get(SPAN_KEY) is (server := offered.pop()) and server.is_recording():
             self.owned = False
-            if not (type(server) is FastSpan and server.extend_block(block, runtime.server_span_blocks)):
-                attributes.update(block.mapping)
-            server.set_attributes(attributes)  # it has the request id already
             self.span = server
+            if type(server) is FastSpan and server.extend_block(block, runtime.server_span_blocks):
+                if request.model:
+                    server._attributes["proxy.model.requested"] = request.model  # it has the request id already
+                return
+            server.set_attributes(block.mapping)
+            if request.model:
+                server.set_attribute("proxy.model.requested", request.model)
             return
+        attributes: dict[str, Any] = {}
+        if request.model:
+            attributes["proxy.model.requested"] = request.model
         rid = request_id.get()
         if rid:
             attributes["proxy.request_id"] = rid
@@ -190,7 +194,7 @@ class RequestTrace:
     @property
     def trace_id(self) -> str | None:
         context = self.span.get_span_context()
-        return f"{context.trace_id:032x}" if context.is_valid else None
+        return "%032x" % context.trace_id if context.is_valid else None  # noqa: UP031 (twice as fast here)
 
     # --- routing ----------------------------------------------------------------------------------------------
 
@@ -255,7 +259,8 @@ class RequestTrace:
     leave = staticmethod(leave_span)
 
     def attempt_succeeded(self, span: trace.Span, response: ChatResponse | None, usage: Usage | None) -> None:
-        attributes: dict[str, Any] = {}
+        fast = type(span) is FastSpan and span._end_time is None  # its attributes written in place
+        attributes: dict[str, Any] = span._attributes if fast else {}  # type: ignore[attr-defined]
         if response is not None:
             if response.model:
                 attributes["gen_ai.response.model"] = response.model
@@ -266,7 +271,8 @@ class RequestTrace:
             if self.capture:
                 attributes["gen_ai.output.messages"] = _output_messages(response)
         _usage(attributes, usage)
-        span.set_attributes(attributes)
+        if not fast:
+            span.set_attributes(attributes)
         span.end()
 
     def attempt_failed(
@@ -311,20 +317,22 @@ class RequestTrace:
 
     def succeeded(self, response: ChatResponse) -> None:
         """The answer: who gave it (the attempt span has the details), or, for a cache hit, its usage."""
-        attributes: dict[str, Any] = {
-            "proxy.route": response.route,
-            "proxy.cache.hit": response.cached,
-            "proxy.attempts": len(response.attempts),
-            "proxy.provider": response.provider,
-        }
+        span = self.span
+        fast = type(span) is FastSpan and span._end_time is None  # its attributes written in place
+        attributes: dict[str, Any] = span._attributes if fast else {}  # type: ignore[attr-defined]
+        attributes["proxy.route"] = response.route
+        attributes["proxy.cache.hit"] = response.cached
+        attributes["proxy.attempts"] = len(response.attempts)
+        attributes["proxy.provider"] = response.provider
         if response.cached:
             attributes["gen_ai.response.model"] = response.model
             _usage(attributes, response.usage)
         elif response.cost:
             attributes["proxy.cost_usd"] = response.cost
-        self.span.set_attributes(attributes)
+        if not fast:
+            span.set_attributes(attributes)
         if self.owned:
-            self.span.end()
+            span.end()
 
     def failed(self, error: BaseException, *, truncated: bool = False) -> None:
         span = self.span

@@ -77,7 +77,8 @@ def token_allowed(presented: str | None, tokens: Sequence[str]) -> bool:
     return allowed
 
 
-_server_blocks: dict[tuple[Any, ...], AttributeBlock] = {}  # by (method, path, scheme, server); the proxy's routes only
+# By (method, path, scheme, server), for the proxy's routes only: the span name and the attributes of their spans.
+_server_blocks: dict[tuple[Any, ...], tuple[str, AttributeBlock]] = {}
 MAX_SERVER_BLOCKS = 256
 
 
@@ -91,27 +92,31 @@ def _server_attributes(method: str, path: str, scheme: str, server: Any) -> dict
 
 
 def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> trace.Span:
-    carrier = {}
+    carrier = None
     for key, value in scope.get("headers", ()):
         if key in _PROPAGATION:
+            if carrier is None:
+                carrier = {}
             carrier[key.decode("latin-1")] = value.decode("latin-1")
     parent = propagate.extract(carrier) if carrier else None
     method = scope.get("method", "GET")
     path = scope.get("path", "")
     scheme = scope.get("scheme", "http")
     server = scope.get("server")
-    name = f"{method} {path}" if path in ROUTES else method
     if path not in ROUTES:  # any path a client sends: not kept
         attributes = _server_attributes(method, path, scheme, server)
         attributes["proxy.request_id"] = request_id
-        return tracing.start_span(name, parent, trace.SpanKind.SERVER, attributes)
-    key = (method, path, scheme, tuple(server) if server else None)  # ASGI allows a list (Starlette's TestClient)
-    block = _server_blocks.get(key)
-    if block is None:
+        return tracing.start_span(method, parent, trace.SpanKind.SERVER, attributes)
+    if type(server) is list:  # ASGI allows a list (Starlette's TestClient)
+        server = tuple(server)
+    key = (method, path, scheme, server)
+    named = _server_blocks.get(key)
+    if named is None:
         if len(_server_blocks) >= MAX_SERVER_BLOCKS:
             _server_blocks.clear()
-        block = _server_blocks[key] = AttributeBlock(_server_attributes(method, path, scheme, server))
-    return tracing.start_span(name, parent, trace.SpanKind.SERVER, {"proxy.request_id": request_id}, block)
+        block = AttributeBlock(_server_attributes(method, path, scheme, server))
+        named = _server_blocks[key] = (f"{method} {path}", block)
+    return tracing.start_span(named[0], parent, trace.SpanKind.SERVER, {"proxy.request_id": request_id}, named[1])
 
 
 def _mark_error(span: trace.Span, kind: str) -> None:
