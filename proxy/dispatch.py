@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterator
+from time import time_ns
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from proxy.errors import (
@@ -198,7 +199,7 @@ class Dispatch:
         """(target, index in its plan, targets remaining after it), skipping unavailable ones with a reason."""
         trace = self.trace
         for position, plan in enumerate(self.chain):
-            route_started = trace.start_route(plan, position) if trace is not None else 0
+            route_started = time_ns() if trace is not None else 0
             now = self.runtime.clock()
             available = [self._available(t, now) for t in plan.targets]
             for index, target in enumerate(plan.targets):
@@ -207,7 +208,7 @@ class Dispatch:
                     self._skip_unavailable(target, now)
             order = plan.router.order(available)
             if trace is not None:
-                trace.end_route(route_started, plan, position, order, available)
+                trace.route(route_started, plan, position, order, available)
             for rank, index in enumerate(order):
                 later_here = len(order) - rank - 1
                 later_plans = sum(self._available(t, now) for p in self.chain[position + 1 :] for t in p.targets)

@@ -24,9 +24,9 @@ import collections
 import functools
 import logging
 import random
-import time
 from collections.abc import Mapping
 from contextvars import ContextVar
+from time import time_ns
 from types import MappingProxyType
 from typing import Any
 
@@ -175,7 +175,7 @@ class FastSpan(trace.Span, ReadableSpan):
         self._block = block
         self._events: list[Event] | tuple[Event, ...] = _NO_EVENTS  # a list from the first event on
         self._status = _UNSET
-        self._start_time = time.time_ns()
+        self._start_time = time_ns()
         self._end_time: int | None = None
 
     @property
@@ -243,7 +243,7 @@ class FastSpan(trace.Span, ReadableSpan):
         if self._end_time is None:
             if self._events is _NO_EVENTS:
                 self._events = []
-            self._events.append(Event(name, dict(attributes) if attributes else None, timestamp or time.time_ns()))  # type: ignore[union-attr]
+            self._events.append(Event(name, dict(attributes) if attributes else None, timestamp or time_ns()))  # type: ignore[union-attr]
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         pass  # the proxy's spans have no links
@@ -275,8 +275,20 @@ class FastSpan(trace.Span, ReadableSpan):
     def end(self, end_time: int | None = None) -> None:
         if self._end_time is not None:
             return
-        self._end_time = end_time or time.time_ns()
-        self._recorder.finished(self)
+        self._end_time = end_time or time_ns()
+        recorder = self._recorder
+        enqueue = recorder._enqueue
+        if enqueue is not None and recorder._processors._span_processors is recorder._batch_for:
+            enqueue(self)  # `Recorder.finished` minus a call, for the usual processor
+        else:
+            recorder.finished(self)
+
+
+class _NoProcessors:
+    """`Recorder._processors` when the provider's multi-processor has no `_span_processors`: every span goes to its
+    `on_end`."""
+
+    _span_processors = None
 
 
 class Recorder:
@@ -291,6 +303,7 @@ class Recorder:
         "_enqueue",
         "_ids",
         "_multi",
+        "_processors",
         "_root_bound",
         "_sampler",
         "_span_id",
@@ -309,6 +322,8 @@ class Recorder:
         self._trace_id = functools.partial(random.getrandbits, 128) if default else self._ids.generate_trace_id
         self.resource = provider.resource
         self._multi = provider._active_span_processor  # the SDK's one entry point for finished spans
+        # What holds the tuple of processors (`_span_processors`): the SDK's multi-processor, or a stand-in with none
+        self._processors = self._multi if hasattr(self._multi, "_span_processors") else _NoProcessors
         self._batch_for: Any = None  # the processors tuple `_batch` was found for
         self._batch: Any = None
         self._enqueue: Any = None
@@ -321,7 +336,7 @@ class Recorder:
         still covered: the processor re-initialises itself through `os.register_at_fork`, and the queue and event
         are read from it on every call. A full queue or a shut-down processor take `emit` itself (its warning, its
         dropped count)."""
-        processors = getattr(self._multi, "_span_processors", None)
+        processors = self._processors._span_processors
         if processors is not self._batch_for:  # first span, or a processor was added
             self._batch = _lone_batch(processors)
             self._enqueue = _lone_enqueue(processors)
@@ -405,8 +420,7 @@ class Recorder:
         ours = tuple.__new__(SpanContext, (context[0], span_id, False, _SAMPLED, context[4], True))  # _span_context
         span = FastSpan(self, name, ours, context, SpanKind.INTERNAL, attributes or {}, block)  # type: ignore[arg-type]
         span._start_time = started
-        span._end_time = time.time_ns()
-        self.finished(span)
+        span.end()
 
     def child(
         self,

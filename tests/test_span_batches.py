@@ -283,3 +283,16 @@ def test_between_chunks_the_worker_pauses_in_proportion_to_the_chunk_so_the_loop
         assert pauses == [span_batches.MAX_PAUSE, span_batches.MAX_PAUSE]
         processor._encode(everything=True)  # force_flush and shutdown: no pause in the caller's thread
         assert len(pauses) == 2
+
+
+def test_a_processor_added_later_sees_the_next_spans_too(make):
+    processor, sender, tracing = make()
+    tracing.start_span("first").end()
+    assert tracing.start_span.__self__._enqueue == processor.enqueue  # the direct path is taken...
+    memory = InMemorySpanExporter()
+    tracing.provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracing.start_span("second").end()  # ...until the processors change
+    tracing.start_span("third").end()
+    assert processor.force_flush()
+    assert sender.sent == [(3, ["first", "second", "third"])]
+    assert [span.name for span in memory.get_finished_spans()] == ["second", "third"]
