@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Call = Callable[[PlannedTarget, ChatRequest], Awaitable[T]]
 
+_OPEN = BreakerState.OPEN  # an enum member read through its class costs a descriptor call
+
 
 class Admitted:
     """The target that took the request, with what finishing its attempt needs. Report exactly one outcome."""
@@ -193,7 +195,7 @@ class Dispatch:
     # --- candidates -------------------------------------------------------------------------------------
 
     def _available(self, target: PlannedTarget, now: float) -> bool:
-        return target.bound is not None and target.breaker.state(now) is not BreakerState.OPEN
+        return target.bound is not None and target.breaker.state(now) is not _OPEN
 
     def _candidates(self) -> Iterator[tuple[PlannedTarget, int, int]]:
         """(target, index in its plan, targets remaining after it), skipping unavailable ones with a reason."""

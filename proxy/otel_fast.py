@@ -58,6 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
+_INTERNAL = SpanKind.INTERNAL  # an enum member read through its class costs a descriptor call
 # The key under which a `Context` holds its span, found through the public API (the constant itself is private).
 SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
 _BAGGAGE_KEY = next(iter(baggage.set_baggage("k", "v", Context())))  # where a `Context` holds its baggage
@@ -418,7 +419,7 @@ class Recorder:
         context = parent._context
         span_id = self._span_id() or self._ids.generate_span_id()  # 0 is the invalid id (one chance in 2**64)
         ours = tuple.__new__(SpanContext, (context[0], span_id, False, _SAMPLED, context[4], True))  # _span_context
-        span = FastSpan(self, name, ours, context, SpanKind.INTERNAL, attributes or {}, block)  # type: ignore[arg-type]
+        span = FastSpan(self, name, ours, context, _INTERNAL, attributes or {}, block)  # type: ignore[arg-type]
         span._start_time = started
         span.end()
 

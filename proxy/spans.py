@@ -52,6 +52,7 @@ __all__ = ["RequestTrace", "error_type"]
 MAX_STATUS_TEXT = 500
 MAX_CACHED_ORDERS = 64  # candidate orders (their labels) kept per model plan
 _servers: dict[str, tuple[str, int] | None] = {}
+_CLIENT = SpanKind.CLIENT  # an enum member read through its class costs a descriptor call
 
 
 def error_type(error: BaseException) -> str:
@@ -252,7 +253,7 @@ class RequestTrace:
             attributes["gen_ai.request.stop_sequences"] = tuple(request.stop)
         if self.capture:
             attributes.update(_input_messages(request))
-        return self.child(name, self.span, SpanKind.CLIENT, attributes, block)
+        return self.child(name, self.span, _CLIENT, attributes, block)
 
     enter = staticmethod(enter_span)
     leave = staticmethod(leave_span)

@@ -46,6 +46,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"}) | status.PUBLIC_PATHS  # the s
 UNTRACED_PATHS = PUBLIC_PATHS | {"/metrics"}
 ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/mcp"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_SERVER = trace.SpanKind.SERVER  # an enum member read through its class costs a descriptor call
 _PROPAGATION = frozenset({b"traceparent", b"tracestate", b"baggage"})  # ASGI header names are lowercase
 
 
@@ -116,7 +117,7 @@ def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> t
             _server_blocks.clear()
         block = AttributeBlock(_server_attributes(method, path, scheme, server))
         named = _server_blocks[key] = (f"{method} {path}", block)
-    return tracing.start_span(named[0], parent, trace.SpanKind.SERVER, {"proxy.request_id": request_id}, named[1])
+    return tracing.start_span(named[0], parent, _SERVER, {"proxy.request_id": request_id}, named[1])
 
 
 def _mark_error(span: trace.Span, kind: str) -> None:
