@@ -62,6 +62,7 @@ MAX_NAMES = 1024
 _SMALL = [bytes((n,)) for n in range(128)]
 _STATUS_UNSET = b"\x7a\x00"
 _FLAGS = (b"\x85\x01" + _fixed32(0x100), b"\x85\x01" + _fixed32(0x300))  # parent local / remote
+_UNSET_TAILS = (_STATUS_UNSET + _FLAGS[0], _STATUS_UNSET + _FLAGS[1])  # a span's last fields, status unset
 
 
 def _varint(n: int) -> bytes:
@@ -242,7 +243,9 @@ def _finished(span: FastSpan) -> bytes:
             ids = _root_ids(b"\x0a\x10", high, low, b"\x12\x08", span_id)
         else:
             ids = _child_ids(b"\x0a\x10", high, low, b"\x12\x08", span_id, b"\x22\x08", parent[1])
-        parts = [ids, _name_kind(span._name, span._kind)]
+        name, kind = span._name, span._kind
+        cached = _name_kinds.get(name)
+        parts = [ids, cached[1] if cached is not None and cached[0] is kind else _name_kind(name, kind)]
     parts.append(_times(0x39, span._start_time, 0x41, span._end_time))
     block, attributes = span._block, span._attributes
     if block is None:
@@ -259,9 +262,12 @@ def _finished(span: FastSpan) -> bytes:
     for event in span._events:
         body = b"\x09" + _fixed64(event.timestamp) + _name(b"\x12", event.name) + _attributes(b"\x1a", event.attributes)
         parts.append(_field(b"\x5a", body))
-    status = span._status
-    parts.append(_STATUS_UNSET if status is _UNSET else _status(status))
-    parts.append(_FLAGS[parent is not None and parent[2]])  # parent.is_remote, without the property
+    status, remote = span._status, parent is not None and parent[2]  # parent.is_remote, without the property
+    if status is _UNSET:
+        parts.append(_UNSET_TAILS[remote])
+    else:
+        parts.append(_status(status))
+        parts.append(_FLAGS[remote])
     parts[0] = b"\x12" + _varint(sum(map(len, parts))) + parts[0]
     return b"".join(parts)
 
