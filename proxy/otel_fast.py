@@ -383,7 +383,8 @@ class Recorder:
             if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._root_bound:
                 span_id = self._ids.generate_span_id()
                 return NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(0), DEFAULT_TRACE_STATE))
-            span_context = _span_context(trace_id, self._span_id() or self._ids.generate_span_id(), DEFAULT_TRACE_STATE)
+            span_id = self._span_id() or self._ids.generate_span_id()
+            span_context = tuple.__new__(SpanContext, (trace_id, span_id, False, _SAMPLED, DEFAULT_TRACE_STATE, True))
             return FastSpan(self, name, span_context, None, kind, attributes or {}, block)
         parent = trace.get_current_span(context).get_span_context()
         trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()

@@ -174,7 +174,7 @@ class RequestTrace:
         if offered and current_context().get(SPAN_KEY) is (server := offered.pop()) and server.is_recording():
             self.owned = False
             self.span = server
-            if type(server) is FastSpan and server.extend_block(block, runtime.server_span_blocks):
+            if type(server) is FastSpan and server.extend_block(block, runtime.server_span_blocks):  # still recording
                 if request.model:
                     server._attributes["proxy.model.requested"] = request.model  # it has the request id already
                 return
@@ -206,7 +206,11 @@ class RequestTrace:
         that routing is done: its candidate order and the targets unavailable."""
         fallback = position > 0
         if not fallback:
-            self.span.set_attribute("proxy.route", plan.model.name)
+            span = self.span
+            if type(span) is FastSpan and span._end_time is None:
+                span._attributes["proxy.route"] = plan.model.name
+            else:
+                span.set_attribute("proxy.route", plan.model.name)
         block = plan.span_blocks.get(fallback)
         if block is None:
             attributes = {"proxy.route": plan.model.name, "proxy.routing.strategy": plan.model.strategy}
