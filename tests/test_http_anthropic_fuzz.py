@@ -183,7 +183,7 @@ async def check(session: aiohttp.ClientSession, path: str, data: bytes, *, valid
         if response.status != 200:
             assert is_anthropic_error(json.loads(text)), text
         elif response.content_type == "text/event-stream":
-            names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+            names = [line[7:] for line in text.split("\n") if line.startswith("event: ")]
             assert names[0] == "message_start" and names[-1] in ("message_stop", "error"), text
         elif path.endswith("count_tokens"):
             assert isinstance(json.loads(text)["input_tokens"], int)
@@ -223,7 +223,7 @@ async def test_any_text_is_echoed_back_or_refused_as_not_text(session, text, str
             return
         assert response.status == 200, raw
         if stream:
-            deltas = [json.loads(line[6:]) for line in raw.splitlines() if '"text_delta"' in line]
+            deltas = [json.loads(line[6:]) for line in raw.split("\n") if '"text_delta"' in line]
             assert "".join(event["delta"]["text"] for event in deltas) == (text if text.strip() else "")
         else:
             assert json.loads(raw)["content"] == [{"type": "text", "text": text}]
