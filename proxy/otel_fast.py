@@ -278,9 +278,10 @@ class FastSpan(trace.Span, ReadableSpan):
             return
         self._end_time = end_time or time_ns()
         recorder = self._recorder
-        enqueue = recorder._enqueue
-        if enqueue is not None and recorder._processors._span_processors is recorder._batch_for:
-            enqueue(self)  # `Recorder.finished` minus a call, for the usual processor
+        # `Recorder.finished` minus a call, for the usual processor; `_batch_for` read before `_enqueue`, the reverse
+        # of the order `finished` writes them in, so a span ended during a change never takes a stale `_enqueue`
+        if recorder._processors._span_processors is recorder._batch_for and (enqueue := recorder._enqueue) is not None:
+            enqueue(self)
         else:
             recorder.finished(self)
 

@@ -46,15 +46,16 @@ _KIND = {
     )
 }
 # Encoded attributes, by tag, then key (`_key_entry`: the key's own field, then its values by type, as True == 1 ==
-# 1.0): most repeat from one request to the next. A key's values stop being added once it
-# has MAX_VALUES_PER_KEY of them (request ids, response ids: unique, so not worth keeping). Never kept: prompt and
-# answer text (`capture_content`), which must not outlive its request in memory, and any encoding over
-# MAX_CACHED_BYTES.
+# 1.0): most repeat from one request to the next. A key's values stop being added once it has MAX_VALUES_PER_KEY of
+# them, of all types together (request ids, response ids: unique, so not worth keeping); a tag keeps MAX_KEYS keys.
+# Never kept: prompt and answer text (`capture_content`), which must not outlive its request in memory, and any
+# encoding over MAX_CACHED_BYTES.
 _encoded: dict[bytes, dict[str, list[Any]]] = {}
 MAX_KEYS = 1024  # keys kept per tag (the proxy's own are a few dozen)
 MAX_VALUES_PER_KEY = 64
 MAX_CACHED_BYTES = 512
 _ZEROS = (object(), object())  # the cache keys of 0.0 and -0.0
+_NOTHING: dict[Any, bytes] = {}  # the values of a key not kept (never written: its entry counts as full)
 _CONTENT_KEYS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions"})
 _names: dict[bytes, dict[str, bytes]] = {}  # span and event names by tag, encoded
 _name_kinds: dict[str, tuple[SpanKind, bytes]] = {}  # by name (hashing a SpanKind calls Python code), with the kind
@@ -120,10 +121,11 @@ def _key_value(key: str, value: Any) -> bytes:
 
 def _key_entry(by_key: dict[str, list[Any]], key: str) -> list[Any]:
     """`key`'s cache entry: [its `KeyValue.key` field, {str, tuple-of-str and bool values}, {int values},
-    {float values}] (a bool never equals a str or tuple; an int and a float can equal a bool, so they are apart)."""
-    entry = [_text(b"\x0a", key), {}, {}, {}]
-    if len(by_key) < MAX_KEYS:
-        by_key[key] = entry
+    {float values}, how many values it holds] (a bool never equals a str or tuple; an int and a float can equal a
+    bool, so they are apart). Once the tag holds MAX_KEYS keys, an entry that keeps nothing and is not kept."""
+    if len(by_key) >= MAX_KEYS:
+        return [_text(b"\x0a", key), _NOTHING, _NOTHING, _NOTHING, MAX_VALUES_PER_KEY]
+    entry = by_key[key] = [_text(b"\x0a", key), {}, {}, {}, 0]
     return entry
 
 
@@ -168,12 +170,13 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         encoded = tag + _varint(len(body)) + body
         if (
             values is not None
-            and len(values) < MAX_VALUES_PER_KEY
+            and entry[4] < MAX_VALUES_PER_KEY
             and len(encoded) <= MAX_CACHED_BYTES
             and key not in _CONTENT_KEYS
             and (kind is not tuple or all(type(item) is str for item in value))
         ):
             values[lookup] = encoded
+            entry[4] += 1
         out.append(encoded)
     return b"".join(out)
 

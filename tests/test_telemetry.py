@@ -7,6 +7,7 @@ the client's `traceparent` (and sending one upstream), a failed HTTP request; an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,7 +29,7 @@ from proxy.fronts.mcp_server import McpFront
 from proxy.otel_fast import enter_span, leave_span
 from proxy.runtime import Runtime
 from proxy.spans import RequestTrace
-from proxy.types import ChatRequest
+from proxy.types import ChatRequest, ChatResponse, Usage
 from tests.fakes import ModelReply, OpenAIFake
 from tests.http_server import engine_app, serve_mcp_http
 
@@ -399,6 +400,28 @@ def test_only_the_first_request_trace_takes_the_offered_server_span_and_only_whi
     finally:
         leave_span(token)
         telemetry.server_span.set(None)
+
+
+def test_outcomes_leave_a_span_that_has_ended_as_it_was(spans):
+    """The outcomes write straight into a live span's attributes; once a span has ended (and may be being encoded
+    on the exporter's thread) they change nothing."""
+    engine = make_engine()
+    tracing = telemetry.active()
+    request = ChatRequest.from_prompt("hi", max_tokens=5)
+    trace = RequestTrace(tracing, request, stream=False, runtime=engine.runtime)
+    plan = engine.runtime.plans["default"]
+    target = plan.targets[0]
+    attempt = trace.start_attempt(target, request, attempt=1, fallback_index=0, waited=0.0)
+    attempt.end()
+    trace.span.end()
+    before = {span.name: dict(span.attributes) for span in spans.get_finished_spans()}
+    answer = ChatResponse(text="x", model="late-model", id="late-id", route="late-route", provider="late")
+    trace.attempt_succeeded(attempt, answer, Usage(1, 2))
+    trace.succeeded(answer)
+    trace.route(time.time_ns(), plan, 0, [0], [True])  # a routing span of its own, nothing on the ended request span
+    after = {span.name: dict(span.attributes) for span in spans.get_finished_spans()}
+    assert after == before | {"proxy.route": after["proxy.route"]}
+    assert "gen_ai.response.id" not in after["chat good-1"] and "proxy.route" not in after["proxy.request"]
 
 
 def test_the_front_keeps_the_engines_error_type_when_it_answers_with_a_5xx(spans):

@@ -134,6 +134,33 @@ def test_a_lone_batch_processor_gets_spans_straight_into_its_queue():
     provider.shutdown()
 
 
+def test_a_provider_whose_span_processor_has_no_processors_tuple_gets_every_span_through_on_end():
+    class Collect:
+        def __init__(self) -> None:
+            self.ended: list[str] = []
+
+        def on_start(self, span, parent_context=None) -> None:
+            pass
+
+        def on_end(self, span) -> None:
+            self.ended.append(span.name)
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return True
+
+    collect = Collect()
+    provider = TracerProvider(shutdown_on_exit=False, active_span_processor=collect)
+    tracing = Tracing(provider)
+    parent = tracing.start_span("parent")
+    tracing.record_child("proxy.route", parent, time.time_ns())
+    tracing.start_child("chat m", parent, SpanKind.CLIENT).end()
+    parent.end()
+    assert collect.ended == ["proxy.route", "chat m", "parent"]
+
+
 def test_the_installed_exporter_gives_the_fast_path_its_client():
     exporter = FastOTLPSpanExporter(OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"))
     assert exporter.fast  # else every export takes the stock (slower) path
@@ -322,6 +349,46 @@ def test_a_recorded_span_keeps_its_start_and_parent_on_every_provider():
     assert seen == {"proxy.route": ({"fixed": "v", "own": 3}, started, other)}
 
 
+def _span_bytes(message: ExportTraceServiceRequest) -> list[bytes]:
+    """Each span of `message` serialized alone: compares NaNs, which message equality cannot."""
+    spans = [span for rs in message.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    return [span.SerializeToString(deterministic=True) for span in spans]
+
+
+def test_values_equal_in_python_but_not_in_protobuf_are_encoded_apart():
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    nan = float("nan")
+    for value in (True, 1.0, 1, nan, -nan, 0.0, -0.0, False, 0, "1", ("1",)):
+        tracing.start_span("s", None, SpanKind.INTERNAL, {"v": value}).end()
+    spans = exporter.get_finished_spans()
+    for _ in range(2):  # the second time from the cache
+        assert _span_bytes(ExportTraceServiceRequest.FromString(encode_spans(spans))) == _span_bytes(
+            stock_encode(spans)
+        )
+    provider.shutdown()
+
+
+def test_the_encoders_cache_keeps_a_bounded_number_of_keys_and_values(monkeypatch):
+    monkeypatch.setattr(otlp_encode, "_encoded", {})
+    monkeypatch.setattr(otlp_encode, "MAX_KEYS", 3)
+    monkeypatch.setattr(otlp_encode, "MAX_VALUES_PER_KEY", 4)
+    provider, exporter = provider_with()
+    tracing = Tracing(provider)
+    for n in range(10):  # per key: values of every type, more than a key keeps; more keys than a tag keeps
+        attributes = {"s": str(n), "i": n, "f": n + 0.5, "b": bool(n % 2), f"k{n}": "v"}
+        tracing.start_span("s", None, SpanKind.INTERNAL, attributes).end()
+    tracing.start_span("s", None, SpanKind.INTERNAL, {"mixed": 1, "also": "x"}).end()
+    spans = exporter.get_finished_spans()
+    for _ in range(2):
+        assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == stock_encode(spans)
+    kept = otlp_encode._encoded[b"\x4a"]
+    assert len(kept) == 3  # the first three keys
+    for entry in kept.values():
+        assert entry[4] == sum(map(len, entry[1:4])) <= 4
+    provider.shutdown()
+
+
 def test_tuples_are_cached_only_when_they_hold_strings():
     provider, exporter = provider_with()
     tracing = Tracing(provider)
@@ -355,7 +422,8 @@ def test_prompt_text_and_long_values_are_not_kept_by_the_encoders_cache():
     spans = exporter.get_finished_spans()
     assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == stock_encode(spans)
     kept = {
-        key: {value for values in entry[1:] for value in values} for key, entry in otlp_encode._encoded[b"\x4a"].items()
+        key: {value for values in entry[1:4] for value in values}
+        for key, entry in otlp_encode._encoded[b"\x4a"].items()
     }
     assert not kept["gen_ai.input.messages"] and not kept["proxy.note"]  # content, and too long
     assert kept["short"] == {"y"}

@@ -108,7 +108,7 @@ def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> t
         attributes = _server_attributes(method, path, scheme, server)
         attributes["proxy.request_id"] = request_id
         return tracing.start_span(method, parent, trace.SpanKind.SERVER, attributes)
-    if type(server) is list:  # ASGI allows a list (Starlette's TestClient)
+    if server is not None and type(server) is not tuple:  # ASGI allows a list (Starlette's TestClient)
         server = tuple(server)
     key = (method, path, scheme, server)
     named = _server_blocks.get(key)
