@@ -554,6 +554,15 @@ def test_decode_ignores_thinking_and_counts_thinking_tokens() -> None:
     assert reply.usage is not None and reply.usage.reasoning_tokens == 21
 
 
+def test_a_bad_thinking_token_count_is_named_by_its_full_path_and_only_the_usage_is_lost(caplog) -> None:
+    body = json.loads(response_fixture("thinking"))
+    body["usage"]["output_tokens_details"] = {"thinking_tokens": "21"}
+    reply = codec().decode(200, {}, json.dumps(body).encode())
+    assert reply.text == "4" and reply.usage is None
+    said = [r.getMessage() for r in caplog.records if "usage is ignored" in r.getMessage()]
+    assert said and '`usage.output_tokens_details.thinking_tokens` is "21", not a count of tokens' in said[0]
+
+
 def test_decode_refusal_is_content_filter_with_empty_text() -> None:
     reply = codec().decode(200, {}, response_fixture("refusal"))
     assert (reply.text, reply.finish_reason) == ("", "content_filter")

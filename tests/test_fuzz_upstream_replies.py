@@ -290,9 +290,12 @@ OPENAI_BAD_USAGE = {
     ),
 }
 ANTHROPIC_BAD_USAGE = {
-    "usage-string": (anthropic_message(usage={"input_tokens": "3", "output_tokens": 2}), "usage.input_tokens"),
-    "usage-negative": (anthropic_message(usage={"input_tokens": 3, "output_tokens": -2}), "output_tokens is negative"),
-    "usage-list": (anthropic_message(usage=[1]), "usage is not an object"),
+    "usage-string": (anthropic_message(usage={"input_tokens": "3", "output_tokens": 2}), '`usage.input_tokens` is "3"'),
+    "usage-negative": (
+        anthropic_message(usage={"input_tokens": 3, "output_tokens": -2}),
+        "`usage.output_tokens` is -2",
+    ),
+    "usage-list": (anthropic_message(usage=[1]), "`usage` is a list, not an object"),
 }
 
 

@@ -381,7 +381,7 @@ async def test_a_stream_whose_usage_is_not_one_keeps_its_text_and_loses_only_the
     end = ant("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": -7}})
     chunks = await ant_up.stream(Frames([ANT_START, ant_text("Hel"), ant_text("lo"), end, ant("message_stop", {})]))
     assert stream_text(chunks) == "Hello" and all(chunk.usage is None for chunk in chunks)
-    assert any("output_tokens is negative" in r.getMessage() for r in caplog.records)
+    assert any("`usage.output_tokens` is -7, not a count of tokens" in r.getMessage() for r in caplog.records)
 
 
 # --- tool calls -------------------------------------------------------------------------------------------------------

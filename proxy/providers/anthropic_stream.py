@@ -33,6 +33,7 @@ from proxy.errors import (
     UpstreamServerError,
 )
 from proxy.providers.http_provider import NotJson, ShapeError, error_for_status, parse_json
+from proxy.providers.openai_wire import json_type, token_count
 from proxy.providers.sse import SseDecoder, SseError, SseEvent
 from proxy.types import FinishReason, StreamChunk, ToolCallDelta, Usage
 
@@ -76,19 +77,6 @@ def finish_reason_for(stop_reason: object) -> FinishReason | None:
     return _FINISH_REASONS.get(stop_reason, "stop")
 
 
-def _count(usage: Mapping[str, Any], key: str) -> int:
-    value = usage.get(key)
-    if value is None:
-        return 0
-    if type(value) is float and value.is_integer():  # `12.0`: some servers write counts as floats
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ShapeError(f"usage.{key} is not an integer: {value!r}")
-    if value < 0:
-        raise ShapeError(f"usage.{key} is negative: {value!r}")
-    return value
-
-
 def usage_from(usage: Mapping[str, Any], provider: str) -> Usage | None:
     """Anthropic usage -> `Usage`. Anthropic's `input_tokens` excludes cache reads and writes; ours includes both.
     None when it is not usable (a count that is not one): the answer is kept, paid for, and only its usage is
@@ -102,14 +90,16 @@ def usage_from(usage: Mapping[str, Any], provider: str) -> Usage | None:
 
 def _usage(usage: Mapping[str, Any]) -> Usage:
     if not isinstance(usage, Mapping):
-        raise ShapeError("usage is not an object")
-    cache_read = _count(usage, "cache_read_input_tokens")
-    cache_creation = _count(usage, "cache_creation_input_tokens")
+        raise ShapeError(f"`usage` is {json_type(usage)}, not an object")
+    cache_read = token_count(usage, "cache_read_input_tokens")
+    cache_creation = token_count(usage, "cache_creation_input_tokens")
     details = usage.get("output_tokens_details")
-    thinking = _count(details, "thinking_tokens") if isinstance(details, Mapping) else 0
+    thinking = (
+        token_count(details, "thinking_tokens", "usage.output_tokens_details") if isinstance(details, Mapping) else 0
+    )
     return Usage(
-        input_tokens=_count(usage, "input_tokens") + cache_read + cache_creation,
-        output_tokens=_count(usage, "output_tokens"),
+        input_tokens=token_count(usage, "input_tokens") + cache_read + cache_creation,
+        output_tokens=token_count(usage, "output_tokens"),
         cached_input_tokens=cache_read,
         cache_creation_input_tokens=cache_creation,
         reasoning_tokens=thinking,

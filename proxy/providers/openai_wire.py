@@ -133,7 +133,8 @@ def message_text(message: Mapping[str, Any]) -> str | None:
 
 def token_count(usage: Mapping[str, Any], key: str, where: str = "usage") -> int:
     """`usage[key]` as a count: absent or null is 0, `12.0` is 12; anything but a non-negative whole number raises
-    `ShapeError`."""
+    `ShapeError` naming the field, `` `{where}.{key}` ``, and showing its value. The Anthropic codec reads its
+    counters with it too."""
     value = usage.get(key)
     if value is None:
         return 0
