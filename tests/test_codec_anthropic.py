@@ -559,8 +559,11 @@ def test_a_bad_thinking_token_count_is_named_by_its_full_path_and_only_the_usage
     body["usage"]["output_tokens_details"] = {"thinking_tokens": "21"}
     reply = codec().decode(200, {}, json.dumps(body).encode())
     assert reply.text == "4" and reply.usage is None
-    said = [r.getMessage() for r in caplog.records if "usage is ignored" in r.getMessage()]
-    assert said and '`usage.output_tokens_details.thinking_tokens` is "21", not a count of tokens' in said[0]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [
+        "provider claude: its usage is ignored, the answer kept: "
+        '`usage.output_tokens_details.thinking_tokens` is "21", not a count of tokens'
+    ]
 
 
 def test_decode_refusal_is_content_filter_with_empty_text() -> None:

@@ -352,6 +352,17 @@ def test_finish_reason_normalization(codec: OpenAICodec, raw: object, expected: 
     assert codec.decode(200, {}, json.dumps(body).encode()).finish_reason == expected
 
 
+def test_an_unusable_usage_is_dropped_with_a_warning_naming_the_provider_and_the_field(caplog) -> None:
+    body = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3, "completion_tokens": "2"}}
+    response = OpenAICodec("my-openai").decode(200, {}, json.dumps(body).encode())
+    assert (response.text, response.usage) == ("hi", None)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [
+        'provider my-openai: its usage is ignored, the answer kept: `usage.completion_tokens` is "2", '
+        "not a count of tokens"
+    ]
+
+
 def test_lenient_reply_without_usage_or_optional_keys(codec: OpenAICodec) -> None:
     response = codec.decode(200, {}, b'{"choices":[{"message":{"content":"hi"}}]}')
     assert (response.text, response.usage, response.id, response.model, response.finish_reason) == (

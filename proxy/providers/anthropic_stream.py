@@ -15,7 +15,6 @@ malformed (arguments are never dropped in silence); a token count must be a non-
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,12 +31,10 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
-from proxy.providers.http_provider import NotJson, ShapeError, error_for_status, parse_json
+from proxy.providers.http_provider import NotJson, ShapeError, error_for_status, parse_json, usage_or_none
 from proxy.providers.openai_wire import json_type, token_count
 from proxy.providers.sse import SseDecoder, SseError, SseEvent
 from proxy.types import FinishReason, StreamChunk, ToolCallDelta, Usage
-
-log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 200
 
@@ -79,13 +76,8 @@ def finish_reason_for(stop_reason: object) -> FinishReason | None:
 
 def usage_from(usage: Mapping[str, Any], provider: str) -> Usage | None:
     """Anthropic usage -> `Usage`. Anthropic's `input_tokens` excludes cache reads and writes; ours includes both.
-    None when it is not usable (a count that is not one): the answer is kept, paid for, and only its usage is
-    unknown (the rate limiter keeps its estimate), with a warning."""
-    try:
-        return _usage(usage)
-    except ShapeError as exc:
-        log.warning("provider %s: its usage is ignored, the answer kept: %s", provider, exc)
-        return None
+    None, with a warning, when it is not usable (a count that is not one): see `usage_or_none`."""
+    return usage_or_none(_usage, usage, provider)
 
 
 def _usage(usage: Mapping[str, Any]) -> Usage:

@@ -18,7 +18,8 @@ Bad replies on a stream request:
 `openai_wire.classify`; Anthropic: `anthropic_stream.upstream_error`) and the mock use it, and refine only what the
 status cannot tell from the body. `status_message(status)` names a status the codecs cannot read a message for
 (a redirect says so: redirects are not followed). `parse_json` reads an upstream body for both codecs (every
-failure a `ValueError` saying what is wrong), and `ShapeError` is what their shape checks raise.
+failure a `ValueError` saying what is wrong), `ShapeError` is what their shape checks raise, and `usage_or_none`
+keeps an answer whose usage is not usable (a warning, and the usage unknown).
 
 No aiohttp here: the transport owns the HTTP client.
 """
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from proxy.errors import (
@@ -45,12 +47,14 @@ from proxy.errors import (
 )
 from proxy.providers.base import Codec, Provider
 from proxy.providers.sse import BOM
-from proxy.types import ChatRequest, ChatResponse, StreamChunk, ToolCallDelta
+from proxy.types import ChatRequest, ChatResponse, StreamChunk, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
     from proxy.providers.transport import Transport
 
-__all__ = ["HttpProvider", "ShapeError", "error_for_status", "parse_json", "status_message"]
+__all__ = ["HttpProvider", "ShapeError", "error_for_status", "parse_json", "status_message", "usage_or_none"]
+
+log = logging.getLogger(__name__)
 
 _ERROR_BY_STATUS: dict[int, type[UpstreamError]] = {
     400: UpstreamBadRequest,
@@ -116,6 +120,17 @@ def parse_json(data: bytes | str) -> Any:
         raise NotJson("is not valid JSON") from None
     except ValueError:
         raise ValueError("has a number too long to read") from None
+
+
+def usage_or_none(read: Callable[[Any], Usage], raw: object, provider: str) -> Usage | None:
+    """`read(raw)`: a reply's usage, read by a codec. None when it is not usable (`read` raises `ShapeError`): the
+    answer is kept, paid for, and only its usage is unknown (the rate limiter keeps its estimate), with a warning
+    naming the provider and what was wrong."""
+    try:
+        return read(raw)
+    except ShapeError as exc:
+        log.warning("provider %s: its usage is ignored, the answer kept: %s", provider, exc)
+        return None
 
 
 def _is_success(status: int) -> bool:

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from proxy.errors import UpstreamError, UpstreamProtocolError
 from proxy.providers.base import HttpCall
-from proxy.providers.http_provider import ShapeError, parse_json, status_message
+from proxy.providers.http_provider import ShapeError, parse_json, status_message, usage_or_none
 from proxy.providers.openai_stream import OpenAIStreamDecoder
 from proxy.providers.openai_wire import (
     EXCERPT_CHARS,
@@ -80,8 +79,6 @@ __all__ = [
     "header_value",
     "message_text",
 ]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _SECRET_MIN_CHARS = 8  # shorter header values are not worth redacting (and would mangle messages)
@@ -226,33 +223,7 @@ class OpenAICodec:
     def decode_usage(self, raw: object) -> Usage | None:
         """`usage` -> `Usage`; None when absent, or when it is not usable (a count that is not one): the answer is
         kept, paid for, and only its usage is unknown (the rate limiter keeps its estimate), with a warning."""
-        if raw is None:
-            return None
-        try:
-            return self._usage(raw)
-        except ShapeError as exc:
-            log.warning("provider %s: its usage is ignored, the answer kept: %s", self.provider, exc)
-            return None
-
-    def _usage(self, raw: object) -> Usage:
-        if not isinstance(raw, dict):
-            raise ShapeError(f"`usage` is {json_type(raw)}, not an object")
-        prompt_details = raw.get("prompt_tokens_details")
-        completion_details = raw.get("completion_tokens_details")
-        return Usage(
-            input_tokens=token_count(raw, "prompt_tokens"),
-            output_tokens=token_count(raw, "completion_tokens"),
-            cached_input_tokens=(
-                token_count(prompt_details, "cached_tokens", "usage.prompt_tokens_details")
-                if isinstance(prompt_details, dict)
-                else 0
-            ),
-            reasoning_tokens=(
-                token_count(completion_details, "reasoning_tokens", "usage.completion_tokens_details")
-                if isinstance(completion_details, dict)
-                else 0
-            ),
-        )
+        return None if raw is None else usage_or_none(_usage, raw, self.provider)
 
     # --- errors ---------------------------------------------------------------------------------------
 
@@ -312,6 +283,31 @@ class OpenAICodec:
 
     def stream_decoder(self) -> OpenAIStreamDecoder:
         return OpenAIStreamDecoder(self)
+
+
+# --- decoding helpers -----------------------------------------------------------------------------------
+
+
+def _usage(raw: object) -> Usage:
+    """An OpenAI `usage` object -> `Usage`; raises `ShapeError` naming what is not usable."""
+    if not isinstance(raw, dict):
+        raise ShapeError(f"`usage` is {json_type(raw)}, not an object")
+    prompt_details = raw.get("prompt_tokens_details")
+    completion_details = raw.get("completion_tokens_details")
+    return Usage(
+        input_tokens=token_count(raw, "prompt_tokens"),
+        output_tokens=token_count(raw, "completion_tokens"),
+        cached_input_tokens=(
+            token_count(prompt_details, "cached_tokens", "usage.prompt_tokens_details")
+            if isinstance(prompt_details, dict)
+            else 0
+        ),
+        reasoning_tokens=(
+            token_count(completion_details, "reasoning_tokens", "usage.completion_tokens_details")
+            if isinstance(completion_details, dict)
+            else 0
+        ),
+    )
 
 
 # --- encoding helpers -----------------------------------------------------------------------------------
