@@ -15,15 +15,33 @@ def test_each_front_raises_its_own_error_naming_the_path():
     with pytest.raises(BodyError) as openai:
         OPENAI.string(3, "messages[0].content")
     assert (openai.value.status, openai.value.param) == (400, "messages[0].content")
-    assert openai.value.message == "`messages[0].content`: must be a string, not number"
+    assert openai.value.message == "`messages[0].content`: must be a string, not an integer"
     with pytest.raises(RequestError) as anthropic:
         ANTHROPIC.string(3, "messages[0].content")
     assert anthropic.value.param == "messages[0].content"
     assert str(anthropic.value) == "messages[0].content: must be a string, not an integer"
 
 
+@pytest.mark.parametrize("fields", [OPENAI, ANTHROPIC])
+@pytest.mark.parametrize(
+    ("read", "value", "words"),
+    [
+        ("number", True, "must be a number, not a boolean"),
+        ("string", ["x"], "must be a string, not an array"),
+        ("object", None, "must be an object, not null"),
+        ("array", {"a": 1}, "must be an array, not an object"),
+        ("boolean", "true", "must be a boolean, not a string"),
+    ],
+)
+def test_both_fronts_name_a_wrong_kind_alike(fields: Fields, read: str, value: object, words: str):
+    with pytest.raises((BodyError, RequestError), match=words + "$"):
+        getattr(fields, read)(value, "field")
+
+
 def test_integral_floats_are_integers_only_where_asked():
     assert OPENAI.integer(2.0, "n") == 2
+    with pytest.raises(BodyError, match="must be an integer, not a number"):
+        OPENAI.integer(2.5, "n")
     with pytest.raises(RequestError, match="must be an integer, not a number"):
         ANTHROPIC.integer(2.0, "max_tokens", 1, 10)
 

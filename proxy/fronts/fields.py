@@ -5,8 +5,8 @@ type narrowed, or raises the front's error naming the field path (`messages[2].c
     temperature = FIELDS.number(body["temperature"], "temperature", 0, 2)
 
 A `Fields` is parameterised by the error it raises (`error(path, problem)` builds it, message and `param`) and by
-how its messages phrase a value (`kind`, `out_of_range`, `surrogate`), so each front keeps its own wording: the
-OpenAI front says "must be a number, not string", the Anthropic front "must be a number, not a string". Booleans
+how its messages phrase a bad value (`out_of_range`, `surrogate`), so each front keeps its own wording there; a
+value of the wrong kind is named alike by both ("must be a number, not a string", `proxy.json_kinds`). Booleans
 are never numbers; numbers must be finite (Python's JSON reader accepts `NaN`, `Infinity` and `1e999`, which no
 upstream would); null counts as absent only where a method says `optional`. Nothing here knows an API.
 
@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from proxy.json_kinds import json_kind
+
 MAX_JSON_DEPTH = 64  # for free-form JSON (tool schemas, tool inputs): deeper is almost surely garbage
 MAX_MODEL_NAME = 256  # characters; longer is no model name (and would be echoed back, logged and counted)
 MAX_MESSAGES = 100_000  # per request, as Anthropic's API; far more is a body built to keep the proxy busy
@@ -32,38 +34,6 @@ _SHOWN_DIGITS = 30  # longer numbers are not echoed (and huge ints cannot even b
 
 
 # --- naming a value in a message ---------------------------------------------------------------------------
-
-
-def kind_name(value: object) -> str:
-    """A JSON value's kind, bare (`number`, `string`; integers are numbers)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def json_kind(value: object) -> str:
-    """A JSON value's kind with its article, integers apart (`an integer`, `a number`, `a string`)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def brief(text: str, limit: int = 64) -> str:
@@ -159,10 +129,11 @@ class Fields:
 
     `out_of_range(what, low, high, value)` words a number outside its bounds (`what` is `a finite number` or
     `an integer`, the bounds already formatted, `None` when not given); `integral_floats` reads `2.0` as the
-    integer 2; `surrogate` is the problem of a string holding a lone UTF-16 surrogate."""
+    integer 2; `surrogate` is the problem of a string holding a lone UTF-16 surrogate. `kind` names a value of the
+    wrong kind; every front keeps the default, `json_kind`."""
 
     error: Callable[[str, str], Exception]
-    kind: Callable[[object], str] = kind_name
+    kind: Callable[[object], str] = json_kind
     out_of_range: Callable[[str, str | None, str | None, float], str] = not_value
     integral_floats: bool = True
     surrogate: str = "holds a lone UTF-16 surrogate escape, which is not Unicode text"
