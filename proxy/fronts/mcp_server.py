@@ -50,6 +50,7 @@ from proxy.config.suggest import clip, did_you_mean, quote_list
 from proxy.engine import Engine
 from proxy.errors import TemplateError
 from proxy.fronts.mcp_tools import build_tools
+from proxy.json_kinds import json_kind
 from proxy.runtime import Runtime
 from proxy.templates import PromptTemplates
 
@@ -74,37 +75,29 @@ class _TemplatePrompt(Prompt):
             raise MCPError(code=INVALID_PARAMS, message=str(exc), data=data) from None
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _params_problem(method: str, params: Any) -> str | None:
     """What is wrong with the shape of a `tools/call` or `prompts/get` request's params, in words, or None."""
     if params is None:
         return f"`{method}` needs params with a `name`"
     if not isinstance(params, Mapping):
-        return f"the params of `{method}` must be an object, got {_kind(params)}"
+        return f"the params of `{method}` must be an object, got {json_kind(params)}"
     what = "tool" if method == "tools/call" else "prompt"
     name = params.get("name")
+    if name is None and "name" not in params:
+        return f"`{method}` needs the {what}'s `name` (a string)"
     if not isinstance(name, str):
-        return f"`{method}` needs the {what}'s `name` as text, got {_kind(name)}"
+        return f"`{method}` needs the {what}'s `name` as a string, got {json_kind(name)}"
     arguments = params.get("arguments")
     if arguments is None:
         return None
     if not isinstance(arguments, Mapping):
-        return f"the `arguments` of {what} `{clip(name)}` must be an object (name: value), got {_kind(arguments)}"
+        return f"the `arguments` of {what} `{clip(name)}` must be an object (name: value), got {json_kind(arguments)}"
     if method == "prompts/get":
         for key, value in arguments.items():
             if not isinstance(value, str) and value is not None:
                 return (
-                    f"prompt `{clip(name)}`: argument `{clip(key)}` must be text (MCP prompt arguments are strings), "
-                    f"got {_kind(value)}; the `complete_template` tool takes any JSON value"
+                    f"prompt `{clip(name)}`: argument `{clip(key)}` must be a string, got {json_kind(value)} (MCP "
+                    "prompt arguments are all strings; the `complete_template` tool takes any JSON value)"
                 )
     return None
 
