@@ -34,7 +34,7 @@ from proxy.providers.anthropic_stream import (
     usage_from,
 )
 from proxy.providers.base import HttpCall
-from proxy.providers.http_provider import NotJson, parse_json, status_message
+from proxy.providers.http_provider import NotJson, header_value, parse_json, status_message
 from proxy.providers.retry_after import parse_retry_after
 from proxy.types import ChatRequest, ChatResponse, ImagePart, Message, TextPart, ToolCall, ToolDef
 
@@ -154,7 +154,7 @@ class AnthropicCodec:
         ):
             raise self.decode_error(status, headers, body)
         try:
-            return self._response(payload, _header(headers, "request-id"))
+            return self._response(payload, header_value(headers, "request-id"))
         except ShapeError as exc:
             what = f"the reply is not a Messages response ({exc})"
             raise self._malformed(what, body.decode("utf-8", errors="replace")) from None
@@ -189,7 +189,7 @@ class AnthropicCodec:
 
     def decode_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         text = body.decode("utf-8", errors="replace")
-        request_id = _header(headers, "request-id")
+        request_id = header_value(headers, "request-id")
         error_type: str | None = None
         said = status_message(status)
         try:
@@ -418,14 +418,3 @@ def _plain_json(value: object) -> object:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Header `name` (lowercase), looked up case-insensitively in any mapping."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    for key, candidate in headers.items():
-        if key.lower() == name:
-            return candidate
-    return None

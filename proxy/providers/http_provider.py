@@ -19,7 +19,8 @@ Bad replies on a stream request:
 status cannot tell from the body. `status_message(status)` names a status the codecs cannot read a message for
 (a redirect says so: redirects are not followed). `parse_json` reads an upstream body for both codecs (every
 failure a `ValueError` saying what is wrong), `ShapeError` is what their shape checks raise, and `usage_or_none`
-keeps an answer whose usage is not usable (a warning, and the usage unknown).
+keeps an answer whose usage is not usable (a warning, and the usage unknown). `header_value` reads a reply header
+whatever its case.
 
 No aiohttp here: the transport owns the HTTP client.
 """
@@ -52,7 +53,15 @@ from proxy.types import ChatRequest, ChatResponse, StreamChunk, ToolCallDelta, U
 if TYPE_CHECKING:
     from proxy.providers.transport import Transport
 
-__all__ = ["HttpProvider", "ShapeError", "error_for_status", "parse_json", "status_message", "usage_or_none"]
+__all__ = [
+    "HttpProvider",
+    "ShapeError",
+    "error_for_status",
+    "header_value",
+    "parse_json",
+    "status_message",
+    "usage_or_none",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +149,17 @@ def _is_success(status: int) -> bool:
 _WHOLE_BODY_STARTS = (b"{", b"[", b"<")  # JSON (an error or a whole answer) or an HTML page: not SSE
 
 
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """Header `name` (lowercase), whatever case `headers` uses: the transport's headers compare case-insensitively,
+    a plain dict (a test, a custom codec) is searched."""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
 def _content_type(headers: Mapping[str, str]) -> str:
-    value = headers.get("content-type") or headers.get("Content-Type") or ""
-    return value.partition(";")[0].strip().lower()
+    return (header_value(headers, "content-type") or "").partition(";")[0].strip().lower()
 
 
 def response_chunks(response: ChatResponse) -> list[StreamChunk]:

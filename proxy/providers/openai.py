@@ -17,7 +17,7 @@ Pure translation, no I/O (see `proxy.providers.base`). Decisions worth knowing:
   by the next `feed()`/`close()`, so no text is lost.
 
 The stream decoder lives in `proxy.providers.openai_stream` and the shared wire helpers (error reading and
-classification, excerpts, headers) in `proxy.providers.openai_wire`; both are re-exported here.
+classification, excerpts) in `proxy.providers.openai_wire`; both are re-exported here, with `header_value`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.errors import UpstreamError, UpstreamProtocolError
 from proxy.providers.base import HttpCall
-from proxy.providers.http_provider import ShapeError, parse_json, status_message, usage_or_none
+from proxy.providers.http_provider import ShapeError, header_value, parse_json, status_message, usage_or_none
 from proxy.providers.openai_stream import OpenAIStreamDecoder
 from proxy.providers.openai_wire import (
     EXCERPT_CHARS,
@@ -41,7 +41,6 @@ from proxy.providers.openai_wire import (
     decode_tool_calls,
     error_info,
     excerpt,
-    header_value,
     json_type,
     message_text,
     token_count,

@@ -3,8 +3,8 @@
 Error bodies -> `ErrorInfo` (`error_info`) -> an `UpstreamError` class (`classify`: a 4xx/5xx status decides
 through `http_provider.error_for_status`, the one status table, and the body's `code`/`type` only refine a bad
 request; without such a status the `code`/`type` decide; never by message text); reply pieces
-(`decode_tool_calls`, `message_text`, `token_count`); and small readers for headers, bounded body excerpts and
-loosely typed JSON values. Pure functions, no I/O.
+(`decode_tool_calls`, `message_text`, `token_count`); and small readers for bounded body excerpts and loosely
+typed JSON values. Pure functions, no I/O.
 
 Reply pieces are checked, not guessed at: a present field of the wrong type (`content` a number, `tool_calls` an
 object, a tool call without a function name, arguments that are a number, a token count that is a string or
@@ -197,14 +197,6 @@ def classify(status: int | None, error_type: str | None, code: str | None) -> ty
             return _BAD_REQUEST_CODES.get(code or "") or _BAD_REQUEST_CODES.get(error_type or "", UpstreamBadRequest)
         return error_class
     return _CODE_OR_TYPE_ERRORS.get(code or "") or _CODE_OR_TYPE_ERRORS.get(error_type or "") or UpstreamServerError
-
-
-def header_value(headers: Mapping[str, str], name: str) -> str | None:
-    """A header by lowercase `name`, whatever case `headers` uses."""
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value
 
 
 def excerpt(body: bytes | str) -> str:
