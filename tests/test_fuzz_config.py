@@ -18,7 +18,7 @@ from proxy.runtime import Runtime
 from tests.config.helpers import MINIMAL
 
 PROVIDER_LINE = "    type: mock\n"
-WHOLE = "expected a whole number, got"
+WHOLE = "expected an integer, got"
 
 
 def provider(extra: str, kind: str = "mock") -> str:
@@ -95,7 +95,7 @@ def test_exponent_numbers_are_numbers_where_a_number_belongs(spelling):
     config = check_config_text(provider(f"limits: {{tokens_per_minute: {spelling}}}"), env={}).config
     assert config is not None and config.providers["mock1"].limits.tokens_per_minute == float(spelling)
     issue = one(provider(f"limits: {{tokens_per_minute: '{spelling}'}}"))
-    assert issue.message == f"expected a number, got text `{spelling}`"
+    assert issue.message == f"expected a number, got a string `{spelling}`"
 
 
 def test_a_bad_merge_key_keeps_the_rest_of_the_mapping():
@@ -122,9 +122,9 @@ def test_a_value_the_yaml_layer_explained_is_not_reported_again():
         (
             target("model: 4").replace("model: m, ", ""),
             "models.default.targets[0].model",
-            'expected text, got a whole number 4 (put it in quotes to make it text: `"4"`)',
+            'expected a string, got an integer 4 (put it in quotes to make it a string: `"4"`)',
         ),
-        (MINIMAL + "server: {http: {port: '8080'}}\n", "server.http.port", f"{WHOLE} text `8080`"),
+        (MINIMAL + "server: {http: {port: '8080'}}\n", "server.http.port", f"{WHOLE} a string `8080`"),
     ],
     ids=short,
 )
@@ -144,11 +144,11 @@ def test_a_secret_of_the_wrong_type_is_not_shown():
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("9" * 5000, "expected a whole number, got text `" + "9" * 56 + "..."),
+        ("9" * 5000, "expected an integer, got a string `" + "9" * 56 + "..."),
         ("9" * 300, "too large a number"),
-        ("9000.0", "expected a whole number, got a number 9000.0 (write `9000`)"),
-        ("", "expected a whole number, got empty text"),
-        ("1e400", "expected a whole number, got text `1e400`"),
+        ("9000.0", "expected an integer, got a number 9000.0 (write `9000`)"),
+        ("", "expected an integer, got an empty string"),
+        ("1e400", "expected an integer, got a string `1e400`"),
     ],
     ids=short,
 )

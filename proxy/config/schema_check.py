@@ -20,19 +20,11 @@ from jsonschema.exceptions import ValidationError
 
 from proxy.config.suggest import did_you_mean, format_path, quote_list
 from proxy.config.yaml_source import MAX_INT, Path
+from proxy.json_kinds import expected_kinds, json_kind
 from proxy.resources import config_schema
 
 SECRET_KEYS = frozenset({"api_key", "bearer_tokens", "headers", "url"})
 _YAML_BOOLEAN_WORDS = frozenset({"yes", "no", "on", "off", "y", "n", "true", "false"})
-_TYPE_NAMES = {
-    "object": "a mapping",
-    "array": "a list",
-    "string": "text",
-    "integer": "a whole number",
-    "number": "a number",
-    "boolean": "true or false",
-    "null": "nothing",
-}
 
 
 def _is_whole_number(checker: Any, instance: Any) -> bool:
@@ -50,24 +42,6 @@ def validator() -> Draft202012Validator:
     schema = config_schema()
     Draft202012Validator.check_schema(schema)
     return _StrictValidator(schema)
-
-
-def _type_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, int):
-        return "a whole number"
-    if isinstance(value, float):
-        return "a number"
-    if value is None:
-        return "nothing (an empty value)"
-    if isinstance(value, str):
-        return "text"
-    return type(value).__name__
 
 
 def _is_secret(path: Path) -> bool:
@@ -90,11 +64,6 @@ class Issue:
         self.path = path
         self.message = message
         self.at_key = at_key
-
-
-def _expected_type(schema_type: Any) -> str:
-    types = schema_type if isinstance(schema_type, list) else [schema_type]
-    return " or ".join(_TYPE_NAMES.get(t, t) for t in types)
 
 
 def _describe(error: ValidationError, plain_scalars: dict[Path, str]) -> Iterator[Issue]:
@@ -123,21 +92,23 @@ def _describe(error: ValidationError, plain_scalars: dict[Path, str]) -> Iterato
         return
     if kind == "type":
         expected = error.validator_value
-        message = f"expected {_expected_type(expected)}, got {_type_of(value)}"
+        message = f"expected {expected_kinds(expected)}, got {json_kind(value)}"
         if isinstance(value, str | int | float) and not isinstance(value, bool) and value != "":
             message += f" {_show(value, path)}"
         elif value == "":
-            message = f"expected {_expected_type(expected)}, got empty text"
+            message = f"expected {expected_kinds(expected)}, got an empty string"
         raw = plain_scalars.get(path, "")
         wants_text = "string" in str(expected)
         if isinstance(value, bool) and raw.lower() in _YAML_BOOLEAN_WORDS and wants_text:
-            message += f" (YAML reads a bare `{raw}` as true/false; put it in quotes)"
+            message += f" (YAML reads a bare `{raw}` as {str(value).lower()}; put it in quotes)"
         elif value is None and expected in ("object", "array"):
             message += " (nothing follows the key; indent its contents under it)"
+        elif value is None:
+            message += " (an empty value)"
         elif raw and wants_text and not _is_secret(path):
-            message += f' (put it in quotes to make it text: `"{raw}"`)'
+            message += f' (put it in quotes to make it a string: `"{raw}"`)'
         elif raw and wants_text:
-            message += " (put it in quotes to make it text)"
+            message += " (put it in quotes to make it a string)"
         elif isinstance(value, float) and value.is_integer() and expected == "integer":
             message += f" (write `{int(value)}`)"
         yield Issue(path, message)

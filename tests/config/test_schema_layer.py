@@ -40,16 +40,16 @@ def test_misspelled_enum_gets_did_you_mean():
 
 def test_wrong_types_are_named():
     issue = only(issues_of(MINIMAL + "retry: {max_attempts: three}\n"))
-    assert "expected a whole number, got text" in issue.message
+    assert "expected an integer, got a string `three`" in issue.message
     issue = only(issues_of(MINIMAL + "retry: [1, 2]\n"))
-    assert "expected a mapping, got a list" in issue.message
+    assert "expected an object, got an array" in issue.message
 
 
 def test_a_list_where_a_map_belongs():
     issue = only(
         issues_of("version: 1\nproviders:\n  - mock1\nmodels: {default: {targets: [{provider: a, model: b}]}}\n")
     )
-    assert issue.path == "providers" and "expected a mapping, got a list" in issue.message
+    assert issue.path == "providers" and "expected an object, got an array" in issue.message
 
 
 def test_negative_numbers_are_rejected():
@@ -79,12 +79,18 @@ def test_version_must_be_1():
 
 def test_yaml_boolean_words_get_a_quoting_hint():
     issue = only(issues_of(MINIMAL.replace("model: m", "model: no")))
-    assert "put it in quotes" in issue.message
+    assert issue.message == "expected a string, got a boolean (YAML reads a bare `no` as false; put it in quotes)"
 
 
 def test_empty_section_value_hint():
     issue = only(issues_of(MINIMAL + "retry:\n"))
-    assert "got nothing" in issue.message
+    assert issue.message == "expected an object, got null (nothing follows the key; indent its contents under it)"
+
+
+def test_an_empty_scalar_value_is_named():
+    issue = only(issues_of(MINIMAL + "server: {http: {port: }}\n"))
+    assert issue.path == "server.http.port"
+    assert issue.message == "expected an integer, got null (an empty value)"
 
 
 def test_invalid_names():
