@@ -864,6 +864,17 @@ def test_stream_mid_stream_error_event_raises_the_classified_error() -> None:
     assert error.status is None and error.retryable
 
 
+def test_stream_error_event_behind_text_in_one_feed_is_raised_by_raise_pending_once() -> None:
+    decoder = codec().stream_decoder()
+    decoder.raise_pending()  # nothing held back: nothing raised
+    chunks = decoder.feed(sse("error_midstream"))
+    assert "".join(c.text for c in chunks) == "Once upon"
+    with pytest.raises(UpstreamOverloaded) as caught:
+        decoder.raise_pending()
+    assert caught.value.request_id == "req_011CSHoEeqs5C35K2UUqR7Fy"
+    decoder.raise_pending()  # raised once, not again
+
+
 @pytest.mark.parametrize(
     ("error_type", "expected"),
     [

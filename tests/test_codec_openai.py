@@ -454,6 +454,16 @@ def test_stream_error_after_content_in_same_feed_keeps_the_content(codec: OpenAI
         decoder.close()
 
 
+def test_stream_error_held_behind_content_is_raised_by_raise_pending_once(codec: OpenAICodec) -> None:
+    decoder = codec.stream_decoder()
+    decoder.raise_pending()  # nothing held back: nothing raised
+    chunks = decoder.feed((FIXTURES / "stream" / "error_chunk_server.sse").read_bytes())
+    assert "".join(c.text for c in chunks) == "Once upon"
+    with pytest.raises(UpstreamServerError):
+        decoder.raise_pending()
+    decoder.raise_pending()  # raised once, not again
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [

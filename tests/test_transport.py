@@ -173,6 +173,9 @@ class _Decoder:
             raise StreamInterrupted("the stream ended before [DONE]", provider=self._provider)
         return []
 
+    def raise_pending(self) -> None:
+        pass  # this decoder holds no error back
+
 
 class JsonCodec:
     """`{"text": ...}` bodies; an API key header, so tests can check it never leaks into errors."""

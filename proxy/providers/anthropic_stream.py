@@ -174,21 +174,23 @@ class AnthropicStreamDecoder:
         self._tool_ordinals: dict[object, int] = {}  # Anthropic block index -> ordinal among tool_use blocks
         self._tool_args_seen: set[int] = set()  # ordinals that received a non-empty input_json_delta
         self._usage: dict[str, Any] = {}  # latest raw Anthropic counters (message_start, then message_delta)
-        # An error met after other chunks in the same feed() is raised on the next feed()/close(), so the text
-        # the upstream sent before failing still reaches the caller (as the OpenAI decoder does).
+        # An error met after other chunks in the same feed() is raised by raise_pending() or the next
+        # feed()/close(), so the text the upstream sent before failing still reaches the caller (as the OpenAI
+        # decoder does).
         self._pending_error: UpstreamError | None = None
 
     @property
     def done(self) -> bool:
         return self._done
 
-    def _raise_pending(self) -> None:
+    def raise_pending(self) -> None:
+        """Raise the error held back behind the chunks the last `feed()` returned, if any (see `StreamDecoder`)."""
         if self._pending_error is not None:
             error, self._pending_error = self._pending_error, None
             raise error
 
     def feed(self, data: bytes) -> list[StreamChunk]:
-        self._raise_pending()
+        self.raise_pending()
         chunks: list[StreamChunk] = []
         try:
             events = self._sse.feed(data)
@@ -209,7 +211,7 @@ class AnthropicStreamDecoder:
         return chunks
 
     def close(self) -> list[StreamChunk]:
-        self._raise_pending()
+        self.raise_pending()
         if self._done:
             return []
         raise StreamInterrupted(

@@ -46,6 +46,14 @@ class StreamDecoder(Protocol):
         """The byte stream ended: flush, and raise `StreamInterrupted` unless the terminal event was seen."""
         ...
 
+    def raise_pending(self) -> None:
+        """Raise the error held back behind the chunks the last `feed()` returned, if there is one.
+
+        An error decoded after other chunks of the same `feed()` waits, so those chunks are delivered first; the
+        next `feed()` or `close()` raises it, and so does this, at once, once the chunks are delivered (the next
+        bytes may never come). A decoder that holds nothing back does nothing here."""
+        ...
+
     @property
     def done(self) -> bool:
         """True once the protocol's terminal event (`[DONE]`, `message_stop`) has been decoded."""

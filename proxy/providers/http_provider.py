@@ -8,7 +8,7 @@ received so far. Closing or cancelling the generator aborts the upstream connect
 
 Bad replies on a stream request:
 - an error event decoded together with text is held back by the decoder so the text is yielded first; it is
-  raised right after those chunks (`feed(b"")`), not when the next bytes come (they may never come);
+  raised right after those chunks (`raise_pending()`), not when the next bytes come (they may never come);
 - a reply that is not an event stream at all (its first byte that is not blank opens a JSON value or an HTML
   page: no event stream starts so, whatever its content type says) is read whole and decoded as a whole reply: an
   error body raises the classified error it carries, an answer is yielded as chunks (a server that ignored
@@ -218,7 +218,7 @@ class HttpProvider(Provider):
                             if chunk.text:
                                 texts.append(chunk.text)
                             yield chunk
-                        decoder.feed(b"")  # raises an error event held back behind those chunks, now
+                        decoder.raise_pending()  # an error held back behind those chunks: now
                     if decoder.done:
                         break  # the terminal event arrived: don't wait for the server to close
                 tail = decoder.close()

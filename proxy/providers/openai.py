@@ -14,7 +14,7 @@ Pure translation, no I/O (see `proxy.providers.base`). Decisions worth knowing:
   error body wins over a reply without usable `choices`, and a 3xx is named a redirect.
 - Stream chunks that carry nothing (the role-only first delta, empty deltas) yield no `StreamChunk`. If an error
   event follows chunks decoded in the same `feed()` call, those chunks are returned first and the error is raised
-  by the next `feed()`/`close()`, so no text is lost.
+  by `raise_pending()` or the next `feed()`/`close()`, so no text is lost.
 
 The stream decoder lives in `proxy.providers.openai_stream` and the shared wire helpers (error reading and
 classification, excerpts) in `proxy.providers.openai_wire`; both are re-exported here, with `header_value`.

@@ -3,8 +3,8 @@
 Created by `OpenAICodec.stream_decoder()`; it uses the codec for finish reasons, usage, error classification and
 redaction, so subclasses (e.g. `OpenAICompatibleCodec`) apply to streams too. Stream chunks that carry nothing (the
 role-only first delta, empty deltas) yield no `StreamChunk`. If an error event follows chunks decoded in the same
-`feed()` call, those chunks are returned first and the error is raised by the next `feed()`/`close()`, so no text
-is lost.
+`feed()` call, those chunks are returned first and the error is raised by `raise_pending()` or the next
+`feed()`/`close()`, so no text is lost.
 
 Tool calls are numbered in the order they start (the upstream's `index` only groups fragments, so indices that
 come out of order, skip numbers or are negative still give calls 0, 1, 2...); a delta without an `index` (servers
@@ -73,7 +73,7 @@ class OpenAIStreamDecoder:
         return "".join(self._text)
 
     def feed(self, data: bytes) -> list[StreamChunk]:
-        self._raise_pending()
+        self.raise_pending()
         if self._done:
             return []
         return self._decode_events(self._events(data))
@@ -85,7 +85,7 @@ class OpenAIStreamDecoder:
             raise UpstreamProtocolError(f"the stream is malformed: {exc}", provider=self._codec.provider) from None
 
     def close(self) -> list[StreamChunk]:
-        self._raise_pending()
+        self.raise_pending()
         chunks: list[StreamChunk] = []
         if not self._done and self._sse.pending:
             # The last event was not terminated by a blank line: decode it if it is whole.
@@ -93,14 +93,15 @@ class OpenAIStreamDecoder:
                 chunks = self._decode_events(self._events(b"\n\n"))
             except UpstreamProtocolError:
                 chunks = []  # cut in the middle of a chunk: an interruption, reported below
-            self._raise_pending()
+            self.raise_pending()
         if not self._done:
             raise StreamInterrupted(
                 "the stream ended before `data: [DONE]`", provider=self._codec.provider, partial_text=self.text
             )
         return chunks
 
-    def _raise_pending(self) -> None:
+    def raise_pending(self) -> None:
+        """Raise the error held back behind the chunks the last `feed()` returned, if any (see `StreamDecoder`)."""
         if self._pending_error is not None:
             error, self._pending_error = self._pending_error, None
             raise error
