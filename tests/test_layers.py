@@ -1,6 +1,6 @@
 """The dependency rule of DESIGN.md, checked on the source with `ast`:
 
-fronts -> engine -> runtime -> (routing, policies, templates, providers) -> config.model -> types/errors.
+fronts -> engine -> runtime -> (routing, policies, templates, providers) -> config.model -> types/errors/json_kinds.
 Nothing imports a front; only providers/transport.py imports the HTTP client; only fronts import MCP/Starlette.
 """
 
@@ -38,7 +38,7 @@ def _under(name: str, *prefixes: str) -> bool:
 IMPORTS = {_name(path): _imports(path) for path in MODULES}
 
 
-@pytest.mark.parametrize("module", ["proxy.types", "proxy.errors"])
+@pytest.mark.parametrize("module", ["proxy.types", "proxy.errors", "proxy.json_kinds"])
 def test_leaves_import_nothing_from_proxy(module):
     assert not {i for i in IMPORTS[module] if _under(i, "proxy")}
 
@@ -50,7 +50,7 @@ def test_config_depends_only_on_leaves():
                 i
                 for i in imports
                 if _under(i, "proxy")
-                and not _under(i, "proxy.config", "proxy.errors", "proxy.resources", "proxy.types")
+                and not _under(i, "proxy.config", "proxy.errors", "proxy.json_kinds", "proxy.resources", "proxy.types")
             }
             assert not bad, f"{module} imports {bad}"
 
