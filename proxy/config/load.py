@@ -27,6 +27,7 @@ from proxy.config.model import Config
 from proxy.config.schema_check import schema_issues
 from proxy.config.semantic import semantic_problems
 from proxy.config.suggest import clip, format_path
+from proxy.config.template_checks import resolve_path
 from proxy.config.yaml_source import YamlDocument, parse_yaml
 from proxy.errors import ConfigError, ConfigIssue
 from proxy.resources import default_config_path
@@ -109,13 +110,9 @@ def _template_dir(data: dict[str, Any], base_dir: Path | None) -> tuple[Path | N
     if not isinstance(value, str) or not value:
         return None, None
     try:
-        return (base_dir / value).resolve(), None
-    except ValueError:  # a NUL character
-        return None, "the directory name contains a NUL character"
-    except OSError as exc:  # a name too long
-        return None, f"cannot use this directory: {exc.strerror or exc}"
-    except RuntimeError:  # Python < 3.13 reports a symlink loop so
-        return None, "cannot use this directory: its symbolic links form a loop"
+        return resolve_path(base_dir / value, value), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _version_hash(text: str, config: Config) -> str:

@@ -47,18 +47,24 @@ def _shown_name(name: object) -> str:
     return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}"
 
 
+def resolve_path(path: Path, shown: str) -> Path:
+    """`path.resolve()`; ValueError naming `shown` when it cannot be a path (a NUL, too long, a symlink loop)."""
+    name = "`" + _shown_name(shown.replace("\0", "\\0")) + "`"
+    if "\0" in str(path):
+        raise ValueError(f"{name} cannot be used: the name contains a NUL character")
+    try:
+        return path.resolve()
+    except OSError as exc:  # a name too long
+        raise ValueError(f"{name} cannot be used: {exc.strerror or exc}") from None
+    except RuntimeError:  # Python < 3.13 reports a symlink loop so
+        raise ValueError(f"{name} cannot be used: its symbolic links form a loop") from None
+
+
 def resolve_template_file(template_dir: Path, relative: str) -> Path:
     """The absolute path of `relative` under `template_dir`; ValueError if it leaves that directory or cannot
     be a file name."""
-    if "\0" in relative:
-        raise ValueError("the file name contains a NUL character")
-    try:
-        base = template_dir.resolve()
-        candidate = (base / relative).resolve()
-    except OSError as exc:  # a name too long
-        raise ValueError(f"`{_shown_name(relative)}` cannot be used: {exc.strerror or exc}") from None
-    except RuntimeError:  # Python < 3.13 reports a symlink loop so
-        raise ValueError(f"`{_shown_name(relative)}` cannot be used: its symbolic links form a loop") from None
+    base = resolve_path(template_dir, str(template_dir))
+    candidate = resolve_path(base / relative, relative)
     if candidate != base and base not in candidate.parents:
         raise ValueError(f"`{_shown_name(relative)}` is outside the template directory `{base}`")
     return candidate
