@@ -1,7 +1,9 @@
 """Prompt templates: compiled once from the config, rendered per request in the Jinja2 sandbox.
 
-`PromptTemplates.from_config(config)` reads every template file and compiles every body and system text once (at
-config load, never per request); a template that cannot be built makes the whole set fail with a `ConfigError`.
+`PromptTemplates.from_config(config)` builds every template once (at config load, never per request) from what the
+config load read and compiled (`proxy.config.template_load`); a config made without the loader (changed by hand)
+has its files read and texts compiled here, by the same functions with the same messages. A template that cannot
+be built makes the whole set fail with a `ConfigError`.
 `render(name, arguments)` checks the arguments (unknown ones, missing required ones, defaults for omitted optional
 ones), renders the system text and the body, and returns a `RenderedPrompt` (the messages, the template's model
 settings and a `version` hash for the response-cache key). Every failure is a `TemplateError` in the user's words.
@@ -11,9 +13,10 @@ undefined and the size limits of `proxy.config.template_sandbox`, the same setti
 they cannot reach attributes starting with `_`, Python internals or mutate their arguments, and an expression that
 would build a huge value (`'x' * 10**9`, `10 ** (10**10)`, `'x'.ljust(10**9)`) fails before doing the work; one
 render runs at most `MAX_RENDER_STEPS` loop iterations and calls. The environment has no loader, and
-`{% include %}`, `{% import %}`, `{% from %}` and `{% extends %}` are refused when the template is built (and by
-the load-time checks): a template can read no file at all, not even one under the template directory. The
-rendered output is capped too (`MAX_RENDERED_BYTES`).
+`{% include %}`, `{% import %}`, `{% from %}` and `{% extends %}` are refused when the template is compiled
+(`template_checks.compile_text`, for the load-time checks and for a config changed by hand alike): a template can
+read no file at all, not even one under the template directory. The rendered output is capped too
+(`MAX_RENDERED_BYTES`).
 
 Imports config, errors and types only (DESIGN.md: runtime -> templates -> config.model -> types/errors).
 """
@@ -34,14 +37,13 @@ from jinja2.sandbox import SecurityError
 from proxy.config.model import Config, TemplateConfig
 from proxy.config.suggest import clip, did_you_mean, quote_list
 from proxy.config.template_checks import (
-    TOO_DEEP,
-    TemplateSyntax,
-    compile_tree,
+    CompiledText,
+    compile_text,
     read_template_file,
     resolve_template_file,
     template_environment,
-    tree_problem,
 )
+from proxy.config.template_load import CheckedTemplate, checked_template
 from proxy.config.template_sandbox import TemplateLimitError, render_budget
 from proxy.errors import ConfigError, ConfigIssue, TemplateError
 from proxy.types import ChatRequest, Message
@@ -114,8 +116,7 @@ class RenderedPrompt:
 
 @dataclass(frozen=True, slots=True)
 class _Source:
-    label: str  # for messages: `summarize.j2`, `its inline text`, `its system text`
-    filename: str  # compiled into the code, so render tracebacks can be traced back to it
+    label: str  # for render errors: `summarize.j2`, `its inline text`, `its system text`
     template: jinja2.Template
 
 
@@ -148,7 +149,8 @@ class PromptTemplates:
         issues: list[ConfigIssue] = []
         for name, template in config.templates.items():
             try:
-                compiled[name] = _compile(env, template, config.template_dir)
+                checked = checked_template(config.templates, name)
+                compiled[name] = _compile(env, template, config.template_dir, checked)
             except _BuildProblem as exc:
                 file = str(config.path) if config.path else "<config>"
                 issues.append(ConfigIssue(file, None, None, f"templates.{name}.{exc.field}", str(exc), "semantic"))
@@ -227,46 +229,42 @@ class PromptTemplates:
 # --- building -------------------------------------------------------------------------------------------
 
 
-def _compile(env: jinja2.Environment, config: TemplateConfig, template_dir: Path | None) -> _Compiled:
+def _compile(
+    env: jinja2.Environment, config: TemplateConfig, template_dir: Path | None, checked: CheckedTemplate | None
+) -> _Compiled:
+    """The template built from what the load checked, or (a config changed by hand) read and compiled now."""
     if config.file is not None:
-        label = config.file.name
+        field, path = "file", config.file
         try:
-            if template_dir is not None:
-                path = resolve_template_file(template_dir, str(config.file))  # again: configs can be built by hand
-                label = path.relative_to(template_dir.resolve()).as_posix()
-            source = read_template_file(config.file)
+            if template_dir is not None and checked is None:  # a config changed by hand may name any file
+                path = resolve_template_file(template_dir, str(config.file))
+            source = checked.source if checked else read_template_file(config.file)
         except ValueError as exc:
-            raise _BuildProblem("file", str(exc)) from None
-        body = _source(env, source, "file", label, str(config.file))
+            raise _BuildProblem(field, str(exc)) from None
+        base = template_dir if checked is not None or template_dir is None else template_dir.resolve()
+        label = path.relative_to(base).as_posix() if base and path.is_relative_to(base) else path.name
+        where = f"template file `{label}`"
     elif config.text is not None:
-        source = config.text
-        body = _source(env, source, "text", "its inline text", f"<template {config.name}: text>")
+        field, label, where, source = "text", "its inline text", "the template text", config.text
     else:
         raise _BuildProblem("file", "give exactly one of `file` and `text`")
+    body = _source(env, checked.body if checked else source, field, where, label)
     system = None
     if config.system is not None:
-        system = _source(env, config.system, "system", "its system text", f"<template {config.name}: system>")
+        text = checked.system if checked and checked.system else config.system
+        system = _source(env, text, "system", "the system text", "its system text")
     return _Compiled(config=config, body=body, system=system, version=_version(config, source))
 
 
-def _source(env: jinja2.Environment, text: str, field: str, label: str, filename: str) -> _Source:
-    try:
-        tree = env.parse(text, filename=filename)
-    except jinja2.TemplateSyntaxError as exc:
-        raise _BuildProblem(field, f"{label}, line {exc.lineno}: Jinja2 syntax error: {exc.message}") from None
-    except (RecursionError, MemoryError):
-        raise _BuildProblem(field, f"{label}: {TOO_DEEP}") from None
-    try:
-        problem = tree_problem(env, tree)
-        if problem is not None:
-            raise _BuildProblem(field, f"{label}, line {problem[0]}: {problem[2]}")
-        code = compile_tree(env, tree, filename)
-    except TemplateSyntax as exc:
-        raise _BuildProblem(field, f"{label}: {exc}") from None
-    except (RecursionError, MemoryError):
-        raise _BuildProblem(field, f"{label}: {TOO_DEEP}") from None
-    template = env.template_class.from_code(env, code, env.make_globals(None), None)
-    return _Source(label=label, filename=filename, template=template)
+def _source(env: jinja2.Environment, text: str | CompiledText, field: str, where: str, label: str) -> _Source:
+    """A renderable template from compiled code (compiling `text` first); messages as the load-time checks'."""
+    if isinstance(text, str):
+        try:
+            text = compile_text(text)
+        except ValueError as exc:  # TemplateSyntax
+            raise _BuildProblem(field, f"{where}: {exc}") from None
+    template = env.template_class.from_code(env, text.code, env.make_globals(None), None)
+    return _Source(label=label, template=template)
 
 
 def _version(config: TemplateConfig, body: str) -> str:
@@ -364,7 +362,7 @@ def _failure(name: str, source: _Source, exc: BaseException) -> str:
     # Jinja rewrites the traceback so template frames carry the template's filename and line; walk_tb reads no
     # source lines (extract_tb would open the file through linecache).
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        if frame.f_code.co_filename == source.filename:
+        if frame.f_code.co_filename == source.template.filename:
             line = lineno  # the innermost template frame wins
     where = source.label + (f", line {line}" if line else "")
     if isinstance(exc, TemplateLimitError):

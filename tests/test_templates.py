@@ -301,8 +301,8 @@ def test_templates_cannot_read_files(tmp_path, body, tag):
         _unchecked(body, args=())
     (issue,) = caught.value.issues
     assert issue.path == "templates.t.text"
-    assert issue.message == (
-        f"its inline text, line {line}: `{tag}` is not allowed: templates cannot read other files; "
+    assert issue.message == (  # in the same words as the load-time checks
+        f"the template text: `{tag}` is not allowed at line {line}: templates cannot read other files; "
         "put the text in this template"
     )
 
@@ -372,10 +372,10 @@ def test_build_errors_list_every_broken_template_with_its_line():
     with pytest.raises(ConfigError) as caught:
         PromptTemplates.from_config(dataclasses.replace(config, templates=broken))
     assert [(i.path, i.message) for i in caught.value.issues] == [
-        ("templates.a.text", "its inline text, line 2: Jinja2 syntax error: unexpected '}'"),
+        ("templates.a.text", "the template text: Jinja2 syntax error at line 2: unexpected '}'"),
         (
             "templates.b.system",
-            "its system text, line 1: Jinja2 syntax error: Expected an expression, got 'end of statement block'",
+            "the system text: Jinja2 syntax error at line 1: Expected an expression, got 'end of statement block'",
         ),
         ("templates.c.file", "give exactly one of `file` and `text`"),
     ]

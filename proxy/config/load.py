@@ -3,7 +3,8 @@
 
 Every layer runs and every problem is collected, so one run reports all of them, each as
 `file:line:col: path: message`. Bad input of any kind (unreadable, binary, huge, a YAML bomb) becomes a
-`ConfigIssue`, never a traceback.
+`ConfigIssue`, never a traceback. Template files are read and compiled once per load, by the checks; the `Config`
+carries what they made to the runtime (`proxy.config.template_load`).
 
     config = load_config("config/proxy.yaml")          # raises ConfigError listing every problem
     issues = check_config_file("config/proxy.yaml")    # [] when valid
@@ -11,7 +12,6 @@ Every layer runs and every problem is collected, so one run reports all of them,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -28,6 +28,7 @@ from proxy.config.schema_check import schema_issues
 from proxy.config.semantic import semantic_problems
 from proxy.config.suggest import clip, format_path
 from proxy.config.template_checks import resolve_path
+from proxy.config.template_load import TemplateLoad, one_load
 from proxy.config.yaml_source import YamlDocument, parse_yaml
 from proxy.errors import ConfigError, ConfigIssue
 from proxy.resources import default_config_path
@@ -115,13 +116,11 @@ def _template_dir(data: dict[str, Any], base_dir: Path | None) -> tuple[Path | N
         return None, str(exc)
 
 
-def _version_hash(text: str, config: Config) -> str:
+def _version_hash(text: str, config: Config, load: TemplateLoad) -> str:
     digest = hashlib.sha256(text.encode("utf-8"))
     for template in config.templates.values():
         if template.file is not None:
-            # Checked moments ago; a race with an editor is reported on the next reload.
-            with contextlib.suppress(OSError):
-                digest.update(template.file.read_bytes())
+            digest.update(load.texts.get(template.file, "").encode("utf-8"))  # as the checks read it
     return digest.hexdigest()[:12]
 
 
@@ -129,7 +128,11 @@ def check_config_text(
     text: str, *, file: str = "<config>", base_dir: Path | None = None, env: Mapping[str, str] | None = None
 ) -> LoadResult:
     """Run every layer on `text`. `base_dir` is where relative paths (template_dir) start."""
-    env = os.environ if env is None else env
+    with one_load() as load:  # each template file read, each template compiled, once
+        return _check(text, file, base_dir, os.environ if env is None else env, load)
+
+
+def _check(text: str, file: str, base_dir: Path | None, env: Mapping[str, str], load: TemplateLoad) -> LoadResult:
     doc, issues = parse_yaml(text, file)
     if doc is None:
         return LoadResult(None, tuple(issues))
@@ -216,7 +219,10 @@ def check_config_text(
     config = build_config(
         data, path=Path(file) if base_dir else None, version_hash="", template_dir=template_dir, disabled=reasons
     )
-    return LoadResult(dataclasses.replace(config, version_hash=_version_hash(text, config)), ())
+    templates = load.attach(config.templates)
+    return LoadResult(
+        dataclasses.replace(config, templates=templates, version_hash=_version_hash(text, config, load)), ()
+    )
 
 
 def check_config_file(

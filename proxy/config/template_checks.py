@@ -1,19 +1,24 @@
-"""Load-time checks of prompt templates: the file is inside the template directory and readable, the Jinja2
-compiles (to Python too: nesting too deep for Python, unknown filters and tests are caught here, with a
-did-you-mean), it reads no other file (`{% include %}`, `{% import %}`, `{% from %}`, `{% extends %}`), every
-variable it uses is declared in `arguments`, and every required argument is used.
+"""Load-time checks of prompt templates, and the one place template files are resolved, read and compiled: the
+file is inside the template directory and readable, the Jinja2 compiles (to Python too: nesting too deep for
+Python, unknown filters and tests are caught here, with a did-you-mean), it reads no other file (`{% include %}`,
+`{% import %}`, `{% from %}`, `{% extends %}`), every variable it uses is declared in `arguments`, and every
+required argument is used.
 
-Uses the same sandboxed, strict environment settings as rendering, so what passes here renders there.
+Uses the same sandboxed, strict environment settings as rendering, so what passes here renders there; the runtime
+builds its templates from the `CompiledText` made here (during a load, `proxy.config.template_load` keeps each
+file's text and each compiled text, so neither is read or compiled twice).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import CodeType
 
 import jinja2
 from jinja2 import meta, nodes
 
+from proxy.config import template_load
 from proxy.config.suggest import did_you_mean
 from proxy.config.template_sandbox import BoundedSandbox
 
@@ -71,7 +76,17 @@ def resolve_template_file(template_dir: Path, relative: str) -> Path:
 
 
 def read_template_file(path: Path) -> str:
-    """The template text; ValueError with a clear message when it cannot be used."""
+    """The template text; ValueError with a clear message when it cannot be used. Read once per load."""
+    load = template_load.current()
+    if load is not None and path in load.texts:
+        return load.texts[path]
+    text = _read(path)
+    if load is not None:
+        load.texts[path] = text
+    return text
+
+
+def _read(path: Path) -> str:
     try:
         if path.is_dir():
             raise ValueError(f"template file `{_shown_name(path)}` is a directory")
@@ -95,16 +110,15 @@ class TemplateSyntax(ValueError):
         self.line = line
 
 
-def forbidden_tag_message(tag: str, line: int | None = None) -> str:
-    where = f" at line {line}" if line is not None else ""
-    return f"`{tag}` is not allowed{where}: templates cannot read other files; put the text in this template"
-
-
-def tree_problem(env: jinja2.Environment, tree: nodes.Template) -> tuple[int, str, str] | None:
+def _tree_problem(env: jinja2.Environment, tree: nodes.Template) -> tuple[int, str] | None:
     """The first thing in a parsed template that keeps it from being built: a tag that reads another file, an
-    unknown filter or test (with a did-you-mean). Returns (line, message saying the line, message without it)."""
-    found: list[tuple[int, str, str]] = [
-        (node.lineno, forbidden_tag_message(tag, node.lineno), forbidden_tag_message(tag))
+    unknown filter or test (with a did-you-mean). Returns (line, message)."""
+    found: list[tuple[int, str]] = [
+        (
+            node.lineno,
+            f"`{tag}` is not allowed at line {node.lineno}: templates cannot read other files; "
+            "put the text in this template",
+        )
         for node_type, tag in FORBIDDEN_TAGS.items()
         for node in tree.find_all(node_type)
     ]
@@ -115,25 +129,37 @@ def tree_problem(env: jinja2.Environment, tree: nodes.Template) -> tuple[int, st
         for node in tree.find_all(node_types):
             name = node.filter.name if isinstance(node, nodes.FilterBlock) else node.name
             if name not in known:
-                what = f"unknown {kind} `{name}`"
-                hint = did_you_mean(name, known)
-                found.append((node.lineno, f"{what} at line {node.lineno}{hint}", what + hint))
+                found.append((node.lineno, f"unknown {kind} `{name}` at line {node.lineno}{did_you_mean(name, known)}"))
     return min(found) if found else None
 
 
-def compile_tree(env: jinja2.Environment, tree: nodes.Template, name: str | None = None) -> Any:
-    """The template compiled to Python code; TemplateSyntax (in words) when it cannot be."""
-    try:
-        return env.compile(tree, name=name, filename=name)
-    except jinja2.TemplateSyntaxError as exc:  # TemplateAssertionError: something the parser let through
-        raise TemplateSyntax(exc.lineno, f"Jinja2 error at line {exc.lineno}: {exc.message}") from None
-    except (SyntaxError, RecursionError, MemoryError):  # SyntaxError: Python's nesting limits (100 levels, 20 loops)
-        raise TemplateSyntax(None, TOO_DEEP) from None
+@dataclass(frozen=True, slots=True)
+class CompiledText:
+    """A checked template text compiled to Python (build a template with `Template.from_code`), and the
+    variables it reads."""
+
+    code: CodeType
+    variables: frozenset[str]
+
+
+def compile_text(source: str) -> CompiledText:
+    """`source` parsed, checked and compiled (once per load); TemplateSyntax (with the template line) if it does
+    not compile or uses a tag that reads another file or an unknown filter or test."""
+    load = template_load.current()
+    if load is not None and source in load.compiled:
+        return load.compiled[source]
+    compiled = _compile(source)
+    if load is not None:
+        load.compiled[source] = compiled
+    return compiled
 
 
 def template_variables(source: str) -> set[str]:
-    """The variables a template reads; raises TemplateSyntax (with the template line) if it does not compile or
-    uses a tag that reads another file or an unknown filter or test."""
+    """The variables a template reads; raises TemplateSyntax like `compile_text`."""
+    return set(compile_text(source).variables)
+
+
+def _compile(source: str) -> CompiledText:
     env = template_environment()
     try:
         tree = env.parse(source)
@@ -142,10 +168,12 @@ def template_variables(source: str) -> set[str]:
     except (RecursionError, MemoryError):
         raise TemplateSyntax(None, TOO_DEEP) from None
     try:
-        problem = tree_problem(env, tree)
+        problem = _tree_problem(env, tree)
         if problem is not None:
             raise TemplateSyntax(problem[0], problem[1])
-        compile_tree(env, tree)
-        return set(meta.find_undeclared_variables(tree))
-    except (RecursionError, MemoryError):  # an expression nested thousands deep (`1+1+1+...`)
+        code = env.compile(tree)  # no name: the runtime says which template a render error is in
+        return CompiledText(code=code, variables=frozenset(meta.find_undeclared_variables(tree)))
+    except jinja2.TemplateSyntaxError as exc:  # TemplateAssertionError: something the parser let through
+        raise TemplateSyntax(exc.lineno, f"Jinja2 error at line {exc.lineno}: {exc.message}") from None
+    except (SyntaxError, RecursionError, MemoryError):  # Python's nesting limits (100 levels, 20 loops), `1+1+...`
         raise TemplateSyntax(None, TOO_DEEP) from None

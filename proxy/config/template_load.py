@@ -1,0 +1,103 @@
+"""One config load's template files and compiled templates, so each is read and compiled once per load.
+
+`check_config_text` runs inside `one_load()`: while it is open, `template_checks.read_template_file` keeps each
+file's text (by path) and `template_checks.compile_text` each compiled text (by its source), so the load-time
+checks read and compile every template once. The load then attaches what they made to the `Config` it returns
+(`TemplateLoad.attach`: `Config.templates` becomes a `LoadedTemplates`, a read-only mapping of the same
+`TemplateConfig`s), and `PromptTemplates.from_config` builds from that instead of reading and compiling again.
+
+Nothing outlives the load: the next load (a hot reload) opens a new `one_load()` and reads every file afresh. A
+config changed by hand (`dataclasses.replace(config, templates={...})`) holds a plain mapping, so its templates
+are read and compiled when built, with the same functions and messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from proxy.config.model import TemplateConfig
+
+if TYPE_CHECKING:
+    from proxy.config.template_checks import CompiledText
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedTemplate:
+    """A template as the load checked it: the body's source text (the file's, as read) and both parts compiled."""
+
+    source: str
+    body: CompiledText
+    system: CompiledText | None
+
+
+@dataclass
+class TemplateLoad:
+    """What one load has read (file text by resolved path) and compiled (by source text)."""
+
+    texts: dict[Path, str] = field(default_factory=dict)
+    compiled: dict[str, CompiledText] = field(default_factory=dict)
+
+    def attach(self, templates: Mapping[str, TemplateConfig]) -> LoadedTemplates:
+        """`templates` with what this load made for each (templates it did not check are built later)."""
+        checked: dict[str, CheckedTemplate] = {}
+        for name, template in templates.items():
+            source = template.text if template.file is None else self.texts.get(template.file)
+            body = self.compiled.get(source) if source is not None else None
+            system = self.compiled.get(template.system) if template.system is not None else None
+            if source is not None and body is not None and (system is not None or template.system is None):
+                checked[name] = CheckedTemplate(source=source, body=body, system=system)
+        return LoadedTemplates(templates, checked)
+
+
+class LoadedTemplates(Mapping[str, TemplateConfig]):
+    """`Config.templates` as a load made it: the templates, plus what the load-time checks read and compiled."""
+
+    __slots__ = ("_checked", "_templates")
+
+    def __init__(self, templates: Mapping[str, TemplateConfig], checked: Mapping[str, CheckedTemplate]) -> None:
+        self._templates = dict(templates)
+        self._checked = dict(checked)
+
+    def __getitem__(self, name: str) -> TemplateConfig:
+        return self._templates[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._templates)
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def __repr__(self) -> str:
+        return f"LoadedTemplates({self._templates!r})"
+
+    def checked(self, name: str) -> CheckedTemplate | None:
+        return self._checked.get(name)
+
+
+_CURRENT: ContextVar[TemplateLoad | None] = ContextVar("template_load", default=None)
+
+
+@contextmanager
+def one_load() -> Iterator[TemplateLoad]:
+    """Within it, each template file is read and each template text compiled once."""
+    load = TemplateLoad()
+    token = _CURRENT.set(load)
+    try:
+        yield load
+    finally:
+        _CURRENT.reset(token)
+
+
+def current() -> TemplateLoad | None:
+    """The load in progress, if any."""
+    return _CURRENT.get()
+
+
+def checked_template(templates: Mapping[str, TemplateConfig], name: str) -> CheckedTemplate | None:
+    """What the load made for template `name`, or None when it must be read and compiled now."""
+    return templates.checked(name) if isinstance(templates, LoadedTemplates) else None
