@@ -77,13 +77,7 @@ def resolve_template_file(template_dir: Path, relative: str) -> Path:
 
 def read_template_file(path: Path) -> str:
     """The template text; ValueError with a clear message when it cannot be used. Read once per load."""
-    load = template_load.current()
-    if load is not None and path in load.texts:
-        return load.texts[path]
-    text = _read(path)
-    if load is not None:
-        load.texts[path] = text
-    return text
+    return template_load.once("texts", path, _read)
 
 
 def _read(path: Path) -> str:
@@ -145,13 +139,7 @@ class CompiledText:
 def compile_text(source: str) -> CompiledText:
     """`source` parsed, checked and compiled (once per load); TemplateSyntax (with the template line) if it does
     not compile or uses a tag that reads another file or an unknown filter or test."""
-    load = template_load.current()
-    if load is not None and source in load.compiled:
-        return load.compiled[source]
-    compiled = _compile(source)
-    if load is not None:
-        load.compiled[source] = compiled
-    return compiled
+    return template_load.once("compiled", source, _compile)
 
 
 def template_variables(source: str) -> set[str]:

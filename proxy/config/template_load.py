@@ -13,12 +13,12 @@ are read and compiled when built, with the same functions and messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.config.model import TemplateConfig
 
@@ -96,6 +96,18 @@ def one_load() -> Iterator[TemplateLoad]:
 def current() -> TemplateLoad | None:
     """The load in progress, if any."""
     return _CURRENT.get()
+
+
+def once(store: Literal["texts", "compiled"], key: Any, make: Callable[[Any], Any]) -> Any:
+    """`make(key)`, kept in the load in progress's `store` (`texts` or `compiled`) and reused for the same key;
+    outside a load, made each time."""
+    load = _CURRENT.get()
+    if load is None:
+        return make(key)
+    kept = getattr(load, store)
+    if key not in kept:
+        kept[key] = make(key)
+    return kept[key]
 
 
 def checked_template(templates: Mapping[str, TemplateConfig], name: str) -> CheckedTemplate | None:
