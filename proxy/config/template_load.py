@@ -93,11 +93,6 @@ def one_load() -> Iterator[TemplateLoad]:
         _CURRENT.reset(token)
 
 
-def current() -> TemplateLoad | None:
-    """The load in progress, if any."""
-    return _CURRENT.get()
-
-
 def once(store: Literal["texts", "compiled"], key: Any, make: Callable[[Any], Any]) -> Any:
     """`make(key)`, kept in the load in progress's `store` (`texts` or `compiled`) and reused for the same key;
     outside a load, made each time."""
