@@ -149,7 +149,7 @@ class PromptTemplates:
         issues: list[ConfigIssue] = []
         for name, template in config.templates.items():
             try:
-                checked = checked_template(config.templates, name)
+                checked = checked_template(config.templates, name, config.template_dir)
                 compiled[name] = _compile(env, template, config.template_dir, checked)
             except _BuildProblem as exc:
                 file = str(config.path) if config.path else "<config>"

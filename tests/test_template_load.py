@@ -4,6 +4,7 @@ runtime builds from; a reload reads the files afresh; a config changed by hand i
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -133,6 +134,33 @@ def test_a_template_changed_by_hand_is_built_from_what_it_says(project):
         "templates.inline.text",
         "the template text: unknown filter `uper` at line 1; did you mean `upper`?",
     )
+
+
+def test_a_config_pointed_at_another_template_dir_by_hand_reads_its_files(project):
+    config = load_config(project / "proxy.yaml", env={})
+    other = project / "other"
+    other.mkdir()
+    (other / "summarize.j2").write_text("Other: {{ text }} {{ style }}")
+    moved = dataclasses.replace(
+        config,
+        template_dir=other,
+        templates={
+            name: dataclasses.replace(t, file=other / "summarize.j2") if t.file else t
+            for name, t in config.templates.items()
+        },
+    )
+    assert PromptTemplates.from_config(moved).render("same_file", {"text": "x"}).messages[-1].content == "Other: x "
+    moved_dir_only = dataclasses.replace(config, template_dir=other)  # the files still named in the old directory
+    with pytest.raises(ConfigError) as caught:
+        PromptTemplates.from_config(moved_dir_only)
+    assert {issue.path for issue in caught.value.issues} == {"templates.summarize.file", "templates.same_file.file"}
+
+
+def test_a_loaded_config_pickles_as_its_plain_templates(project):
+    config = load_config(project / "proxy.yaml", env={})
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy == config and type(copy.templates) is dict
+    assert PromptTemplates.from_config(copy).render("inline", {"word": "hi"}).messages[-1].content == "Say hi."
 
 
 def test_resolving_a_template_dir_or_file_fails_in_the_same_words(tmp_path):

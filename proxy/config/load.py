@@ -12,6 +12,7 @@ carries what they made to the runtime (`proxy.config.template_load`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -27,7 +28,7 @@ from proxy.config.model import Config
 from proxy.config.schema_check import schema_issues
 from proxy.config.semantic import semantic_problems
 from proxy.config.suggest import clip, format_path
-from proxy.config.template_checks import resolve_path
+from proxy.config.template_checks import read_template_file, resolve_path
 from proxy.config.template_load import TemplateLoad, one_load
 from proxy.config.yaml_source import YamlDocument, parse_yaml
 from proxy.errors import ConfigError, ConfigIssue
@@ -116,11 +117,14 @@ def _template_dir(data: dict[str, Any], base_dir: Path | None) -> tuple[Path | N
         return None, str(exc)
 
 
-def _version_hash(text: str, config: Config, load: TemplateLoad) -> str:
+def _version_hash(text: str, config: Config) -> str:
     digest = hashlib.sha256(text.encode("utf-8"))
     for template in config.templates.values():
         if template.file is not None:
-            digest.update(load.texts.get(template.file, "").encode("utf-8"))  # as the checks read it
+            # As the checks read it (once per load; a path they did not read is read now). Unreadable since: the
+            # runtime's build says so.
+            with contextlib.suppress(ValueError):
+                digest.update(read_template_file(template.file).encode("utf-8"))
     return digest.hexdigest()[:12]
 
 
@@ -219,10 +223,9 @@ def _check(text: str, file: str, base_dir: Path | None, env: Mapping[str, str], 
     config = build_config(
         data, path=Path(file) if base_dir else None, version_hash="", template_dir=template_dir, disabled=reasons
     )
-    templates = load.attach(config.templates)
-    return LoadResult(
-        dataclasses.replace(config, templates=templates, version_hash=_version_hash(text, config, load)), ()
-    )
+    version = _version_hash(text, config)
+    templates = load.attach(config.templates, config.template_dir)
+    return LoadResult(dataclasses.replace(config, templates=templates, version_hash=version), ())
 
 
 def check_config_file(

@@ -103,7 +103,7 @@ def _describe(error: ValidationError, plain_scalars: dict[Path, str]) -> Iterato
             message += f" (YAML reads a bare `{raw}` as {str(value).lower()}; put it in quotes)"
         elif value is None and expected in ("object", "array"):
             message += " (nothing follows the key; indent its contents under it)"
-        elif value is None:
+        elif value is None and not raw:
             message += " (an empty value)"
         elif raw and wants_text and not _is_secret(path):
             message += f' (put it in quotes to make it a string: `"{raw}"`)'

@@ -42,8 +42,9 @@ class TemplateLoad:
     texts: dict[Path, str] = field(default_factory=dict)
     compiled: dict[str, CompiledText] = field(default_factory=dict)
 
-    def attach(self, templates: Mapping[str, TemplateConfig]) -> LoadedTemplates:
-        """`templates` with what this load made for each (templates it did not check are built later)."""
+    def attach(self, templates: Mapping[str, TemplateConfig], template_dir: Path | None) -> LoadedTemplates:
+        """`templates` (files under `template_dir`) with what this load made for each (templates it did not check
+        are built later)."""
         checked: dict[str, CheckedTemplate] = {}
         for name, template in templates.items():
             source = template.text if template.file is None else self.texts.get(template.file)
@@ -51,17 +52,23 @@ class TemplateLoad:
             system = self.compiled.get(template.system) if template.system is not None else None
             if source is not None and body is not None and (system is not None or template.system is None):
                 checked[name] = CheckedTemplate(source=source, body=body, system=system)
-        return LoadedTemplates(templates, checked)
+        return LoadedTemplates(templates, checked, template_dir)
 
 
 class LoadedTemplates(Mapping[str, TemplateConfig]):
     """`Config.templates` as a load made it: the templates, plus what the load-time checks read and compiled."""
 
-    __slots__ = ("_checked", "_templates")
+    __slots__ = ("_checked", "_templates", "template_dir")
 
-    def __init__(self, templates: Mapping[str, TemplateConfig], checked: Mapping[str, CheckedTemplate]) -> None:
+    def __init__(
+        self,
+        templates: Mapping[str, TemplateConfig],
+        checked: Mapping[str, CheckedTemplate],
+        template_dir: Path | None,
+    ) -> None:
         self._templates = dict(templates)
         self._checked = dict(checked)
+        self.template_dir = template_dir
 
     def __getitem__(self, name: str) -> TemplateConfig:
         return self._templates[name]
@@ -77,6 +84,10 @@ class LoadedTemplates(Mapping[str, TemplateConfig]):
 
     def checked(self, name: str) -> CheckedTemplate | None:
         return self._checked.get(name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the plain templates: compiled code does not pickle, and is made again when built."""
+        return (dict, (self._templates,))
 
 
 _CURRENT: ContextVar[TemplateLoad | None] = ContextVar("template_load", default=None)
@@ -105,6 +116,11 @@ def once(store: Literal["texts", "compiled"], key: Any, make: Callable[[Any], An
     return kept[key]
 
 
-def checked_template(templates: Mapping[str, TemplateConfig], name: str) -> CheckedTemplate | None:
-    """What the load made for template `name`, or None when it must be read and compiled now."""
-    return templates.checked(name) if isinstance(templates, LoadedTemplates) else None
+def checked_template(
+    templates: Mapping[str, TemplateConfig], name: str, template_dir: Path | None
+) -> CheckedTemplate | None:
+    """What the load made for template `name`, or None when it must be read and compiled now (a config changed by
+    hand: other templates, or another `template_dir`)."""
+    if isinstance(templates, LoadedTemplates) and templates.template_dir == template_dir:
+        return templates.checked(name)
+    return None

@@ -93,6 +93,12 @@ def test_an_empty_scalar_value_is_named():
     assert issue.message == "expected an integer, got null (an empty value)"
 
 
+@pytest.mark.parametrize("word", ["null", "~", "NULL"])
+def test_a_yaml_null_word_where_text_belongs_gets_a_quoting_hint(word):
+    issue = only(issues_of(MINIMAL.replace("model: m", f"model: {word}")))
+    assert issue.message == f'expected a string, got null (put it in quotes to make it a string: `"{word}"`)'
+
+
 def test_invalid_names():
     text = MINIMAL.replace("  mock1:\n    type: mock", "  'bad name':\n    type: mock")
     assert any("invalid name `bad name`" in i.message for i in issues_of(text))
