@@ -186,7 +186,7 @@ def test_stream_content_as_typed_parts_gives_their_text(codec: OpenAICompatibleC
     assert outcome["done"] and outcome["error"] is None
     assert "".join(c["text"] for c in outcome["chunks"]) == "Hello"
     bad = run_stream(codec, [chunk([5]) + b"data: [DONE]\n\n"])
-    assert bad["error"]["class"] == "UpstreamProtocolError" and "`content[0]` is a number" in bad["error"]["message"]
+    assert bad["error"]["class"] == "UpstreamProtocolError" and "`content[0]` is an integer" in bad["error"]["message"]
 
 
 def test_stream_without_usage_chunk_has_no_usage(codec: OpenAICompatibleCodec) -> None:

@@ -165,18 +165,18 @@ OPENAI_MALFORMED = {
     "message-null": (completion(choices=[{"index": 0, "message": None, "finish_reason": "stop"}]), "no `message`"),
     "message-missing": (completion(choices=[{"index": 0, "finish_reason": "stop"}]), "no `message`"),
     "message-string": (completion("hi"), "`choices[0].message` is a string"),
-    "content-number": (completion({"role": "assistant", "content": 42}), "`content` is a number"),
+    "content-number": (completion({"role": "assistant", "content": 42}), "`content` is an integer"),
     "content-object": (completion({"role": "assistant", "content": {"text": "hi"}}), "`content` is an object"),
-    "content-part-number": (completion({"role": "assistant", "content": [1]}), "`content[0]` is a number"),
+    "content-part-number": (completion({"role": "assistant", "content": [1]}), "`content[0]` is an integer"),
     "content-part-text-number": (completion({"content": [{"type": "text", "text": 5}]}), "`content[0].text` is a"),
-    "refusal-number": (completion({"role": "assistant", "content": None, "refusal": 3}), "`refusal` is a number"),
+    "refusal-number": (completion({"role": "assistant", "content": None, "refusal": 3}), "`refusal` is an integer"),
     "tool-calls-object": (completion({"content": None, "tool_calls": {"0": TOOL}}), "`tool_calls` is an object"),
     "tool-call-string": (completion({"content": None, "tool_calls": ["f()"]}), "`tool_calls[0]` is a string"),
     "tool-call-no-function": (completion({"tool_calls": [{"id": "c", "type": "function"}]}), "no `function`"),
     "tool-call-no-name": (completion({"tool_calls": [{"id": "c", "function": {"arguments": "{}"}}]}), "no function"),
     "tool-arguments-number": (
         completion({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": 5}}]}),
-        "`tool_calls[0].function.arguments` is a number",
+        "`tool_calls[0].function.arguments` is an integer",
     ),
     "body-list": ([completion()], "not a JSON object"),
     "body-null": (None, "not a JSON object"),
@@ -283,7 +283,7 @@ OPENAI_BAD_USAGE = {
     "usage-negative": (completion(usage={"prompt_tokens": 3, "completion_tokens": -2}), "completion_tokens` is -2"),
     "usage-float": (completion(usage={"prompt_tokens": 3.5}), "`usage.prompt_tokens` is 3.5"),
     "usage-bool": (completion(usage={"prompt_tokens": True}), "`usage.prompt_tokens` is a boolean"),
-    "usage-list": (completion(usage=[3, 2]), "`usage` is a list"),
+    "usage-list": (completion(usage=[3, 2]), "`usage` is an array"),
     "cached-negative": (
         completion(usage={"prompt_tokens": 3, "prompt_tokens_details": {"cached_tokens": -1}}),
         "`usage.prompt_tokens_details.cached_tokens` is -1",
@@ -295,7 +295,7 @@ ANTHROPIC_BAD_USAGE = {
         anthropic_message(usage={"input_tokens": 3, "output_tokens": -2}),
         "`usage.output_tokens` is -2",
     ),
-    "usage-list": (anthropic_message(usage=[1]), "`usage` is a list, not an object"),
+    "usage-list": (anthropic_message(usage=[1]), "`usage` is an array, not an object"),
 }
 
 
@@ -554,6 +554,6 @@ async def test_the_attempts_name_the_part_that_was_wrong(proxy) -> None:
         ("backup/claude-sonnet-4-5", "malformed"),
         ("backup/claude-sonnet-4-5", "malformed"),
     ]
-    assert "`content` is a number" in attempts[0][2]
+    assert "`content` is an integer" in attempts[0][2]
     assert "stop_reason is not a string" in attempts[2][2]
     assert "primary/gpt-4o-mini" in str(caught.value) and "backup/claude-sonnet-4-5" in str(caught.value)

@@ -327,15 +327,15 @@ async def test_an_anthropic_error_event_in_plain_text_is_a_server_error(ant_up: 
 
 OPENAI_BAD_CHUNKS = {
     "choices-object": (oai({"choices": {"0": {"delta": {"content": "x"}}}}), "`choices` is an object"),
-    "choice-number": (oai({"choices": [5]}), "a choice is a number"),
+    "choice-number": (oai({"choices": [5]}), "a choice is an integer"),
     "index-string": (oai({"choices": [{"index": "0", "delta": {"content": "x"}}]}), "`index` is a string"),
     "delta-string": (oai({"choices": [{"index": 0, "delta": "x"}]}), "`choices[0].delta` is a string"),
-    "content-number": (oai(content=5), "`choices[0].delta.content` is a number"),
+    "content-number": (oai(content=5), "`choices[0].delta.content` is an integer"),
     "tool-calls-object": (oai(tool_calls={"index": 0}), "`delta.tool_calls` is an object"),
     "tool-index-string": (oai(tool_calls=[{"index": "0", "function": {"name": "f"}}]), "`index` is a string"),
     "tool-arguments-number": (
         oai(tool_calls=[{"index": 0, "id": "c", "function": {"name": "f", "arguments": 5}}]),
-        "`tool_calls[0].function.arguments` is a number",
+        "`tool_calls[0].function.arguments` is an integer",
     ),
     "not-an-object": (oai([1, 2]), "not a JSON object"),
     "deeply-nested": (oai(b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
@@ -700,7 +700,7 @@ async def test_a_bad_stream_after_its_first_content_ends_with_an_error_never_cle
     assert text == "Hello"
     assert events[-1] != "[DONE]" and "error" in events[-1]
     message = events[-1]["error"]["message"]
-    assert "broke after 5 characters" in message and "`choices[0].delta.content` is a number" in message
+    assert "broke after 5 characters" in message and "`choices[0].delta.content` is an integer" in message
     if front == "anthropic":
         assert not any(e.get("type") == "message_stop" for e in events)
     assert served.engine.metrics_snapshot()["streams_truncated"] == 1

@@ -31,8 +31,9 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
+from proxy.json_kinds import json_kind
 from proxy.providers.http_provider import NotJson, ShapeError, error_for_status, parse_json, usage_or_none
-from proxy.providers.openai_wire import json_type, token_count
+from proxy.providers.openai_wire import token_count
 from proxy.providers.sse import SseDecoder, SseError, SseEvent
 from proxy.types import FinishReason, StreamChunk, ToolCallDelta, Usage
 
@@ -82,7 +83,7 @@ def usage_from(usage: Mapping[str, Any], provider: str) -> Usage | None:
 
 def _usage(usage: Mapping[str, Any]) -> Usage:
     if not isinstance(usage, Mapping):
-        raise ShapeError(f"`usage` is {json_type(usage)}, not an object")
+        raise ShapeError(f"`usage` is {json_kind(usage)}, not an object")
     cache_read = token_count(usage, "cache_read_input_tokens")
     cache_creation = token_count(usage, "cache_creation_input_tokens")
     details = usage.get("output_tokens_details")

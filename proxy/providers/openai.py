@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from proxy.errors import UpstreamError, UpstreamProtocolError
+from proxy.json_kinds import json_kind
 from proxy.providers.base import HttpCall
 from proxy.providers.http_provider import ShapeError, header_value, parse_json, status_message, usage_or_none
 from proxy.providers.openai_stream import OpenAIStreamDecoder
@@ -41,7 +42,6 @@ from proxy.providers.openai_wire import (
     decode_tool_calls,
     error_info,
     excerpt,
-    json_type,
     message_text,
     token_count,
 )
@@ -197,7 +197,7 @@ class OpenAICodec:
         raw_finish = choice.get("finish_reason")
         if not isinstance(message, dict):
             if message is not None:
-                raise ShapeError(f"`choices[0].message` is {json_type(message)}, not an object")
+                raise ShapeError(f"`choices[0].message` is {json_kind(message)}, not an object")
             if raw_finish != "content_filter":  # a filtered answer may come without one
                 raise ShapeError("`choices[0]` has no `message`")
             message = {}
@@ -290,7 +290,7 @@ class OpenAICodec:
 def _usage(raw: object) -> Usage:
     """An OpenAI `usage` object -> `Usage`; raises `ShapeError` naming what is not usable."""
     if not isinstance(raw, dict):
-        raise ShapeError(f"`usage` is {json_type(raw)}, not an object")
+        raise ShapeError(f"`usage` is {json_kind(raw)}, not an object")
     prompt_details = raw.get("prompt_tokens_details")
     completion_details = raw.get("completion_tokens_details")
     return Usage(

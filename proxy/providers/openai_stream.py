@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from proxy.errors import StreamInterrupted, UpstreamError, UpstreamProtocolError
+from proxy.json_kinds import json_kind
 from proxy.providers.http_provider import ShapeError, parse_json
 from proxy.providers.openai_wire import (
     ErrorInfo,
@@ -29,7 +30,6 @@ from proxy.providers.openai_wire import (
     _str_or_none,
     error_info,
     excerpt,
-    json_type,
     message_text,
 )
 from proxy.providers.sse import SseDecoder, SseError, SseEvent
@@ -163,14 +163,14 @@ class OpenAIStreamDecoder:
             if delta is None:
                 delta = {}
             elif not isinstance(delta, dict):
-                raise ShapeError(f"`choices[0].delta` is {json_type(delta)}, not an object")
+                raise ShapeError(f"`choices[0].delta` is {json_kind(delta)}, not an object")
             content = delta.get("content")
             if type(content) is str:
                 text = content
             elif isinstance(content, list):  # typed parts (Mistral's magistral streams its `thinking` so): their text
                 text = message_text(delta) or ""
             elif content is not None:
-                raise ShapeError(f"`choices[0].delta.content` is {json_type(content)}, not a string")
+                raise ShapeError(f"`choices[0].delta.content` is {json_kind(content)}, not a string")
             tool_calls = self._tool_call_deltas(delta.get("tool_calls"))
             self._saw_tool_calls = self._saw_tool_calls or bool(tool_calls)
             finish_reason = codec.normalize_finish_reason(
@@ -194,19 +194,19 @@ class OpenAIStreamDecoder:
         if raw is None:
             return ()
         if not isinstance(raw, list):
-            raise ShapeError(f"`delta.tool_calls` is {json_type(raw)}, not a list")
+            raise ShapeError(f"`delta.tool_calls` is {json_kind(raw)}, not an array")
         deltas = []
         for item in raw:
             if not isinstance(item, dict):
-                raise ShapeError(f"a tool-call delta is {json_type(item)}, not an object")
+                raise ShapeError(f"a tool-call delta is {json_kind(item)}, not an object")
             index = item.get("index")
             if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
-                raise ShapeError(f"a tool-call delta's `index` is {json_type(index)}, not an integer")
+                raise ShapeError(f"a tool-call delta's `index` is {json_kind(index)}, not an integer")
             function = item.get("function")
             if function is None:
                 function = {}
             elif not isinstance(function, dict):
-                raise ShapeError(f"a tool-call delta's `function` is {json_type(function)}, not an object")
+                raise ShapeError(f"a tool-call delta's `function` is {json_kind(function)}, not an object")
             name = _str_or_none(function.get("name"))
             call_id = _str_or_none(item.get("id"))
             ordinal = self._tool_ordinals.get(index) if index is not None else None
@@ -234,13 +234,13 @@ def _first_choice(choices: object) -> dict[str, Any] | None:
     if choices is None:
         return None
     if not isinstance(choices, list):
-        raise ShapeError(f"`choices` is {json_type(choices)}, not a list")
+        raise ShapeError(f"`choices` is {json_kind(choices)}, not an array")
     for choice in choices:
         if not isinstance(choice, dict):
-            raise ShapeError(f"a choice is {json_type(choice)}, not an object")
+            raise ShapeError(f"a choice is {json_kind(choice)}, not an object")
         index = choice.get("index", 0)
         if isinstance(index, bool) or not isinstance(index, int):
-            raise ShapeError(f"a choice's `index` is {json_type(index)}, not an integer")
+            raise ShapeError(f"a choice's `index` is {json_kind(index)}, not an integer")
         if index == 0:
             return choice
     return None

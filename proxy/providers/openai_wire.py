@@ -31,6 +31,7 @@ from proxy.errors import (
     UpstreamRateLimited,
     UpstreamServerError,
 )
+from proxy.json_kinds import json_kind
 from proxy.providers.http_provider import ShapeError, error_for_status
 from proxy.types import ToolCall
 
@@ -85,12 +86,12 @@ def decode_tool_calls(raw: object) -> tuple[ToolCall, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ShapeError(f"`tool_calls` is {json_type(raw)}, not a list")
+        raise ShapeError(f"`tool_calls` is {json_kind(raw)}, not an array")
     calls = []
     for position, item in enumerate(raw):
         where = f"tool_calls[{position}]"
         if not isinstance(item, dict):
-            raise ShapeError(f"`{where}` is {json_type(item)}, not an object")
+            raise ShapeError(f"`{where}` is {json_kind(item)}, not an object")
         function = item.get("function")
         if not isinstance(function, dict):
             raise ShapeError(f"`{where}` has no `function` object")
@@ -116,18 +117,18 @@ def message_text(message: Mapping[str, Any]) -> str | None:
         texts = []
         for position, part in enumerate(content):
             if not isinstance(part, dict):
-                raise ShapeError(f"`content[{position}]` is {json_type(part)}, not an object")
+                raise ShapeError(f"`content[{position}]` is {json_kind(part)}, not an object")
             text = part.get("text")
             if isinstance(text, str):
                 texts.append(text)
             elif text is not None:
-                raise ShapeError(f"`content[{position}].text` is {json_type(text)}, not a string")
+                raise ShapeError(f"`content[{position}].text` is {json_kind(text)}, not a string")
         return "".join(texts)
     if content is not None:
-        raise ShapeError(f"`content` is {json_type(content)}, not a string")
+        raise ShapeError(f"`content` is {json_kind(content)}, not a string")
     refusal = message.get("refusal")
     if refusal is not None and not isinstance(refusal, str):
-        raise ShapeError(f"`refusal` is {json_type(refusal)}, not a string")
+        raise ShapeError(f"`refusal` is {json_kind(refusal)}, not a string")
     return refusal
 
 
@@ -145,27 +146,12 @@ def token_count(usage: Mapping[str, Any], key: str, where: str = "usage") -> int
     return value
 
 
-def json_type(value: object) -> str:
-    """`a string`, `a number`, `an object`... : how a JSON value is named in error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
 def _shown(value: object) -> str:
     """A bad scalar shown as it was sent (`"12"`, `-3`), else its JSON type."""
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         text = json.dumps(value)
-        return text if len(text) <= 40 else json_type(value)
-    return json_type(value)
+        return text if len(text) <= 40 else json_kind(value)
+    return json_kind(value)
 
 
 def error_info(payload: object) -> ErrorInfo:
@@ -217,7 +203,7 @@ def _arguments_text(raw: object, where: str = "tool_calls[]") -> str:
         return ""
     if isinstance(raw, dict | list):
         return json.dumps(raw, separators=(",", ":"), ensure_ascii=False)  # some servers send an object
-    raise ShapeError(f"`{where}.function.arguments` is {json_type(raw)}, not JSON text")
+    raise ShapeError(f"`{where}.function.arguments` is {json_kind(raw)}, not JSON text")
 
 
 def _code_text(code: object) -> str | None:
