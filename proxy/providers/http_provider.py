@@ -153,7 +153,7 @@ def header_value(headers: Mapping[str, str], name: str) -> str | None:
     """Header `name` (lowercase), whatever case `headers` uses: the transport's headers compare case-insensitively,
     a plain dict (a test, a custom codec) is searched."""
     value = headers.get(name)
-    if value is None:
+    if value is None and isinstance(headers, dict):  # the transport's miss is final: no scan per reply
         value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value
 
