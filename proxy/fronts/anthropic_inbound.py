@@ -36,7 +36,6 @@ from proxy.types import ChatRequest, ContentPart, ImagePart, Message, TextPart, 
 
 FIELDS = Fields(
     error=lambda path, problem: RequestError(f"{path}: {problem}", param=path),
-    kind=json_kind,
     out_of_range=between_got,
     integral_floats=False,
     surrogate="holds a lone UTF-16 surrogate (an unpaired `\\ud800`-`\\udfff` escape), which is not text",

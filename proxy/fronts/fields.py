@@ -129,11 +129,10 @@ class Fields:
 
     `out_of_range(what, low, high, value)` words a number outside its bounds (`what` is `a finite number` or
     `an integer`, the bounds already formatted, `None` when not given); `integral_floats` reads `2.0` as the
-    integer 2; `surrogate` is the problem of a string holding a lone UTF-16 surrogate. `kind` names a value of the
-    wrong kind; every front keeps the default, `json_kind`."""
+    integer 2; `surrogate` is the problem of a string holding a lone UTF-16 surrogate. A value of the wrong kind is
+    named by `json_kind`, alike for every front."""
 
     error: Callable[[str, str], Exception]
-    kind: Callable[[object], str] = json_kind
     out_of_range: Callable[[str, str | None, str | None, float], str] = not_value
     integral_floats: bool = True
     surrogate: str = "holds a lone UTF-16 surrogate escape, which is not Unicode text"
@@ -144,7 +143,7 @@ class Fields:
     def expect(self, value: object, kinds: tuple[type, ...], path: str, what: str) -> Any:
         """`value` if it is one of `kinds` (a bool only when `bool` is listed), else `must be <what>, not <kind>`."""
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            self.fail(path, f"must be {what}, not {self.kind(value)}")
+            self.fail(path, f"must be {what}, not {json_kind(value)}")
         return value
 
     def number(self, value: object, path: str, low: float | None = None, high: float | None = None) -> float:
