@@ -198,8 +198,6 @@ class HttpProvider(Provider):
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
         call = self.codec.encode(request, model, stream=True)
         decoder = self.codec.stream_decoder()
-        # A decoder of another codec may predate `raise_pending`: an empty feed does the same for it.
-        raise_pending = getattr(decoder, "raise_pending", None) or (lambda: decoder.feed(b""))
         texts: list[str] = []  # what has arrived, for a StreamInterrupted's partial_text
         async with self.transport.stream(call) as reply:
             if not _is_success(reply.status):
@@ -220,7 +218,7 @@ class HttpProvider(Provider):
                             if chunk.text:
                                 texts.append(chunk.text)
                             yield chunk
-                        raise_pending()  # an error held back behind those chunks: now
+                        decoder.raise_pending()  # an error held back behind those chunks: now
                     if decoder.done:
                         break  # the terminal event arrived: don't wait for the server to close
                 tail = decoder.close()
