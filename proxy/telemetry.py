@@ -166,10 +166,11 @@ class Tracing:
         kind: trace.SpanKind = trace.SpanKind.INTERNAL,
         attributes: dict[str, Any] | None = None,
         block: AttributeBlock | None = None,
+        start_time: int | None = None,
     ) -> trace.Span:
         if block is not None:
             attributes = {**block.mapping, **(attributes or {})}
-        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes, start_time=start_time)
 
     def _tracer_child(
         self,
@@ -189,10 +190,8 @@ class Tracing:
         attributes: dict[str, Any] | None = None,
         block: AttributeBlock | None = None,
     ) -> None:
-        if block is not None:
-            attributes = {**block.mapping, **(attributes or {})}
         context = trace.set_span_in_context(parent)
-        self.tracer.start_span(name, context=context, attributes=attributes, start_time=started).end()
+        self._tracer_span(name, context, trace.SpanKind.INTERNAL, attributes, block, start_time=started).end()
 
 
 _active: Tracing | None = None
