@@ -412,17 +412,9 @@ class Recorder:
     ) -> None:
         """An INTERNAL span under `parent` that began at `started` (`time.time_ns()`) and ends now, made and finished
         in one call (a span nothing happens under, such as a routing decision)."""
-        if type(parent) is not FastSpan:
-            span = self.start(name, trace.set_span_in_context(parent), SpanKind.INTERNAL, attributes, block)
-            if type(span) is FastSpan:
-                span._start_time = started
-            span.end()
-            return
-        context = parent._context
-        span_id = self._span_id() or self._ids.generate_span_id()  # 0 is the invalid id (one chance in 2**64)
-        ours = tuple.__new__(SpanContext, (context[0], span_id, False, _SAMPLED, context[4], True))  # _span_context
-        span = FastSpan(self, name, ours, context, _INTERNAL, attributes or {}, block)  # type: ignore[arg-type]
-        span._start_time = started
+        span = self.child(name, parent, _INTERNAL, attributes, block)
+        if type(span) is FastSpan:
+            span._start_time = started
         span.end()
 
     def child(

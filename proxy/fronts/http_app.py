@@ -107,7 +107,7 @@ def _server_span(scope: Scope, tracing: telemetry.Tracing, request_id: str) -> t
     if path not in ROUTES:  # any path a client sends: not kept
         attributes = _server_attributes(method, path, scheme, server)
         attributes["proxy.request_id"] = request_id
-        return tracing.start_span(method, parent, trace.SpanKind.SERVER, attributes)
+        return tracing.start_span(method, parent, _SERVER, attributes)
     if server is not None and type(server) is not tuple:  # ASGI allows a list (Starlette's TestClient)
         server = tuple(server)
     key = (method, path, scheme, server)
